@@ -1,0 +1,286 @@
+"""The domain: what is desired, what is observed, what the daemon remembers, what it plans.
+
+Everything here is a frozen value. The planner turns these into a `Plan` without I/O; the
+adapters (store, evolution, events) only produce and consume them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from uuid import UUID
+
+
+class Mode(StrEnum):
+    DRY_RUN = "dry_run"
+    ENFORCE = "enforce"
+
+
+class LiveState(StrEnum):
+    """The in-memory connection state of an instance on its server (never the stored column)."""
+
+    OPEN = "open"
+    CONNECTING = "connecting"
+    CLOSE = "close"
+    UNKNOWN = "unknown"
+
+
+class DriftKind(StrEnum):
+    ORPHAN = "orphan"
+    ORPHAN_PENDING = "orphan_pending"
+    DUPLICATE_NUMBER = "duplicate_number"
+    DUPLICATE_NAME = "duplicate_name"
+    DUPLICATE_ROW = "duplicate_row"
+    DISCONNECTED = "disconnected"
+    RECONNECTED = "reconnected"
+    MISSING = "missing"
+    UNMANAGED = "unmanaged"
+
+
+class ActionKind(StrEnum):
+    DELETE = "delete"
+    MARK_DISCONNECTED = "mark_disconnected"
+    MARK_CONNECTED = "mark_connected"
+    MARK_MISSING = "mark_missing"
+    FLAG = "flag"
+
+
+class Outcome(StrEnum):
+    OK = "ok"
+    FAILED = "failed"
+    DRY_RUN = "dry_run"
+    BLOCKED = "blocked"
+
+
+class Guard(StrEnum):
+    """Why a deletion was held back (SPEC 4.3); the label of `guard_blocked_total`."""
+
+    MAX_DELETIONS = "max_deletions"
+    MAX_FRACTION = "max_fraction"
+    EMPTY_DESIRED = "empty_desired"
+    COLLAPSE = "collapse"
+    RECHECK = "recheck"
+    PROTECTED = "protected"
+    INCOMPLETE_READ = "incomplete_read"
+
+
+BLAST_RADIUS_GUARDS = frozenset(
+    {Guard.MAX_DELETIONS, Guard.MAX_FRACTION, Guard.EMPTY_DESIRED, Guard.COLLAPSE}
+)
+
+
+class EventType(StrEnum):
+    REMOVED = "instance.removed"
+    DISCONNECTED = "instance.disconnected"
+    CONNECTED = "instance.connected"
+    MISSING = "instance.missing"
+    DUPLICATE = "instance.duplicate"
+
+
+class RowStatus(StrEnum):
+    """Values of the integrations table's `status` column that the daemon understands."""
+
+    PENDING = "pending"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+
+
+# --- desired state ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DesiredInstance:
+    """One usable integration row: it names the Evolution instance it owns."""
+
+    id: UUID
+    organization_id: UUID | None
+    instance_name: str
+    enabled: bool
+    status: str
+    disconnect_reason: str | None
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """The integration rows read in one pass; `invalid_rows` were reported and skipped."""
+
+    instances: tuple[DesiredInstance, ...]
+    invalid_rows: int = 0
+
+
+@dataclass(frozen=True)
+class Tombstone:
+    """An integration row was deleted: positive evidence its instance was released (SPEC 4.2)."""
+
+    instance_name: str
+    organization_id: UUID | None
+    deleted_at: datetime
+
+
+# --- observed state --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Disconnect:
+    """A disconnect as SPEC 4.4 names it: a short stable reason, and whether it is terminal."""
+
+    reason: str
+    terminal: bool
+    code: int | None = None
+
+
+@dataclass(frozen=True)
+class ObservedInstance:
+    """One instance as a server lists it, normalised across API lines (v1, v2)."""
+
+    server: str
+    name: str
+    stored_status: str | None
+    """The status the server's listing reports (v2: a database column that lags; v1: memory)."""
+    live: LiveState
+    """The in-memory state from `/metrics` or a `connectionState` probe; UNKNOWN when unread."""
+    owner_jid: str | None
+    number: str | None
+    """Digits of the owner JID without device suffix or domain: the WhatsApp number."""
+    created_at: datetime | None
+    disconnect: Disconnect | None
+    """The recorded terminal disconnect; only set while the stored status is `close`."""
+    instance_id: str | None = None
+    client_name: str | None = None
+
+
+@dataclass(frozen=True)
+class ServerInventory:
+    """A complete, successful read of one server in this pass."""
+
+    server: str
+    api_line: str
+    version: str | None
+    client_name: str | None
+    instances: tuple[ObservedInstance, ...]
+
+
+@dataclass(frozen=True)
+class ServerReadError:
+    """A server whose read failed or was partial: nothing may be decided from it."""
+
+    server: str
+    stage: str
+    error: str
+    operator_error: bool = False
+    """True when the operator must fix something (wrong key, wrong URL); False when transient."""
+
+
+ServerRead = ServerInventory | ServerReadError
+
+
+# --- memory ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InstanceMemory:
+    """What the daemon remembers of one (server, instance name) across passes and restarts."""
+
+    server: str
+    instance_name: str
+    first_seen: datetime
+    orphan_since: datetime | None = None
+    orphan_streak: int = 0
+    not_connected_since: datetime | None = None
+    """First observation of the current "not connected" verdict (disconnect hysteresis)."""
+    not_connected_reason: str | None = None
+    last_live: LiveState = LiveState.UNKNOWN
+    delete_requested_at: datetime | None = None
+    """A delete was answered but not yet verified absent; `instance.removed` is owed."""
+    delete_reason: str | None = None
+    delete_attempts: int = 0
+    next_delete_at: datetime | None = None
+    """Backoff after a failed or unverified delete."""
+
+
+@dataclass(frozen=True)
+class PassCounts:
+    """Counts from the last successful pass of a server, for the collapse guard."""
+
+    desired: int
+    observed: int
+
+
+@dataclass(frozen=True)
+class Memory:
+    instances: Mapping[tuple[str, str], InstanceMemory] = field(default_factory=dict)
+    last_counts: Mapping[str, PassCounts] = field(default_factory=dict)
+    reported_missing: frozenset[str] = frozenset()
+    """Desired instance names already marked missing (published once)."""
+    reported_duplicates: frozenset[str] = frozenset()
+    """Keys of duplicate groups already published; a group is published again only if it reappears."""
+    tombstones: Mapping[str, Tombstone] = field(default_factory=dict)
+
+
+# --- policy and plan -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Policy:
+    mode: Mode = Mode.DRY_RUN
+    managed_pattern: re.Pattern[str] = re.compile(
+        r"^clinic-(?P<org>[0-9a-fA-F-]{36})-(?P<ts>[0-9]+)$"
+    )
+    protected: tuple[re.Pattern[str], ...] = ()
+    orphan_grace: timedelta = timedelta(seconds=300)
+    orphan_confirmations: int = 2
+    max_deletions: int = 10
+    max_deletion_fraction: float = 0.25
+    disconnect_after: timedelta = timedelta(seconds=120)
+    mass_disconnect_fraction: float = 0.5
+    allow_mass_deletion: bool = False
+
+
+@dataclass(frozen=True)
+class Drift:
+    server: str
+    instance_name: str
+    kind: DriftKind
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Action:
+    """One thing the executor should do (or audit as blocked / dry run)."""
+
+    kind: ActionKind
+    server: str
+    instance_name: str
+    reason: str
+    """The drift kind or disconnect reason: the audit `reason` and the event `reason`."""
+    organization_id: UUID | None = None
+    row_id: UUID | None = None
+    expected_status: str | None = None
+    """The status read: the guard of the UPDATE (`WHERE id = $1 AND status = $2`)."""
+    disconnect_reason: str | None = None
+    blocked_by: Guard | None = None
+    logout_first: bool = False
+    """Delete: the instance is live, so log it out first to free the phone's device slot."""
+    already_gone: bool = False
+    """Delete: an earlier delete was answered and the instance is now absent; only confirm it."""
+    event: EventType | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    drift: tuple[Drift, ...]
+    actions: tuple[Action, ...]
+    memory: Memory
+    """The memory to persist once this pass's actions are done (a `plan` command discards it)."""
+    degraded_servers: frozenset[str] = frozenset()
+    blocked: bool = False
+    """A blast-radius guard held a deletion back (exit code 3)."""
+
+    def drift_counts(self) -> dict[tuple[str, DriftKind], int]:
+        counts: dict[tuple[str, DriftKind], int] = {}
+        for d in self.drift:
+            counts[(d.server, d.kind)] = counts.get((d.server, d.kind), 0) + 1
+        return counts
