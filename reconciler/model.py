@@ -80,6 +80,17 @@ class EventType(StrEnum):
     DUPLICATE = "instance.duplicate"
 
 
+class DeleteResult(StrEnum):
+    """What became of a delete the executor attempted."""
+
+    VERIFIED = "verified"
+    """Gone from a later unfiltered listing: `instance.removed` may be published."""
+    UNVERIFIED = "unverified"
+    """The server answered, but the instance is still listed (Evolution cleans up later)."""
+    FAILED = "failed"
+    """A call failed; retried with backoff."""
+
+
 class RowStatus(StrEnum):
     """Values of the integrations table's `status` column that the daemon understands."""
 
@@ -213,8 +224,8 @@ class PassCounts:
 class Memory:
     instances: Mapping[tuple[str, str], InstanceMemory] = field(default_factory=dict)
     last_counts: Mapping[str, PassCounts] = field(default_factory=dict)
-    reported_missing: frozenset[str] = frozenset()
-    """Desired instance names already marked missing (published once)."""
+    missing_streaks: Mapping[str, int] = field(default_factory=dict)
+    """Desired instance names found on no server, by consecutive complete passes."""
     reported_duplicates: frozenset[str] = frozenset()
     """Keys of duplicate groups already published; a group is published again only if it reappears."""
     tombstones: Mapping[str, Tombstone] = field(default_factory=dict)
