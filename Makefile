@@ -1,0 +1,32 @@
+# The two quick-start commands: `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint typecheck deploy-checks unit bench
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/reconciler demo
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+
+typecheck: $(VENV)/.installed
+	$(BIN)/mypy reconciler
+
+deploy-checks: $(VENV)/.installed
+	bash .ci/deploy-checks.sh
+
+unit: $(VENV)/.installed
+	$(BIN)/pytest -q
+
+test: lint typecheck deploy-checks unit
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/bench_pass.py

@@ -1,0 +1,338 @@
+"""The control loop: one pass observes, plans and converges every server this replica leads.
+
+A pass is `read desired -> read observed -> plan -> execute -> remember -> publish`, each stage
+failing on its own (counted in `reconcile_errors_total{stage}`) without taking the loop down.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import anyio
+import structlog
+
+from reconciler import planner
+from reconciler.events import EventPublisher, relay_outbox
+from reconciler.evolution.client import EvolutionClient
+from reconciler.executor import ExecutionReport, Executor
+from reconciler.model import (
+    BLAST_RADIUS_GUARDS,
+    DesiredState,
+    DriftKind,
+    LiveState,
+    Mode,
+    Outcome,
+    Plan,
+    Policy,
+    ServerInventory,
+    ServerRead,
+    ServerReadError,
+)
+from reconciler.observability import Health, Metrics
+from reconciler.settings import Settings
+from reconciler.store import LeaseLost, LeaseToken, Store, StoreError
+
+log = structlog.get_logger()
+
+LEASE_TTL = 15.0
+LEASE_RENEW_EVERY = 5.0
+
+
+@dataclass
+class PassResult:
+    """What one pass saw and did: the CLI prints it, the loop exports it."""
+
+    started_at: datetime
+    servers: tuple[str, ...]
+    skipped: tuple[str, ...] = ()
+    desired: DesiredState | None = None
+    reads: tuple[ServerRead, ...] = ()
+    plan: Plan | None = None
+    report: ExecutionReport = field(default_factory=ExecutionReport)
+    errors: list[tuple[str, str, str]] = field(default_factory=list)
+    """(server, stage, message) for every failed stage."""
+    duration: float = 0.0
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.errors) or self.report.failed > 0
+
+    @property
+    def blocked(self) -> bool:
+        return any(
+            outcome is Outcome.BLOCKED and action.blocked_by in BLAST_RADIUS_GUARDS
+            for action, outcome, _ in self.report.outcomes
+        ) or (self.plan is not None and self.plan.blocked and not self.report.outcomes)
+
+
+def duplicate_client_names(reads: Sequence[ServerRead]) -> list[ServerRead]:
+    """Two servers reporting one clientName would fight over the same sessions: act on neither."""
+    by_client: dict[str, list[str]] = {}
+    for read in reads:
+        if isinstance(read, ServerInventory) and read.client_name:
+            by_client.setdefault(read.client_name, []).append(read.server)
+    clashing = {s: names for names in by_client.values() if len(names) > 1 for s in names}
+    return [
+        ServerReadError(
+            server=read.server,
+            stage="read_observed",
+            error=f"servers {', '.join(sorted(clashing[read.server]))} report the same "
+            f"clientName {read.client_name!r}: misconfiguration, neither is acted on",
+            operator_error=True,
+        )
+        if read.server in clashing and isinstance(read, ServerInventory)
+        else read
+        for read in reads
+    ]
+
+
+class Controller:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        clients: Mapping[str, EvolutionClient],
+        publisher: EventPublisher,
+        metrics: Metrics,
+        health: Health | None = None,
+        holder: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.clients = clients
+        self.publisher = publisher
+        self.metrics = metrics
+        self.health = health or Health(settings.interval_seconds)
+        self.holder = holder or f"reconciler-{uuid.uuid4().hex[:12]}"
+        self.leases: dict[str, LeaseToken] = {}
+        self.pass_lock = anyio.Lock()
+        self.on_pass: Callable[[PassResult], None] | None = None
+        """Called after every pass (the demo prints it)."""
+
+    # --- leadership ---------------------------------------------------------------------------
+
+    async def refresh_leases(self) -> None:
+        """Renew what we lead, take what nobody leads; export `leader{server}`."""
+        for server in self.clients:
+            token = self.leases.get(server)
+            try:
+                if token is not None and await self.store.renew_lease(token, LEASE_TTL):
+                    continue
+                self.leases.pop(server, None)
+                new = await self.store.acquire_lease(server, self.holder, LEASE_TTL)
+            except StoreError as exc:
+                log.warning("lease refresh failed", server=server, error=str(exc))
+                self.leases.pop(server, None)
+                new = None
+            if new is not None:
+                if token is None or token.epoch != new.epoch:
+                    log.info("leading server", server=server, epoch=new.epoch)
+                self.leases[server] = new
+            self.metrics.leader.labels(server=server).set(1 if server in self.leases else 0)
+
+    async def release_leases(self) -> None:
+        for token in list(self.leases.values()):
+            try:
+                await self.store.release_lease(token)
+            except StoreError as exc:
+                log.warning("lease release failed", server=token.server, error=str(exc))
+            self.metrics.leader.labels(server=token.server).set(0)
+        self.leases.clear()
+
+    # --- one pass -----------------------------------------------------------------------------
+
+    def policy(self, *, allow_mass_deletion: bool, mode: Mode | None) -> Policy:
+        return self.settings.policy(allow_mass_deletion=allow_mass_deletion, mode=mode)
+
+    async def run_pass(
+        self,
+        *,
+        allow_mass_deletion: bool = False,
+        mode: Mode | None = None,
+        record: bool = True,
+    ) -> PassResult:
+        async with self.pass_lock:
+            return await self._run_pass(allow_mass_deletion, mode, record)
+
+    async def _run_pass(self, allow_mass_deletion: bool, mode: Mode | None,
+                        record: bool) -> PassResult:
+        policy = self.policy(allow_mass_deletion=allow_mass_deletion, mode=mode)
+        started = time.monotonic()
+        now = datetime.now(UTC)
+        led = tuple(s for s in self.clients if s in self.leases) if record else tuple(self.clients)
+        result = PassResult(started_at=now, servers=led,
+                            skipped=tuple(s for s in self.clients if s not in led))
+        for server in result.skipped:
+            self.metrics.reconcile_total.labels(server=server, result="skipped").inc()
+        if not led:
+            return result
+        for server in led:
+            self.metrics.last_attempt_timestamp_seconds.labels(server=server).set(time.time())
+        try:
+            result.desired = await self.store.read_desired()
+            memory = await self.store.load_memory()
+        except StoreError as exc:
+            result.errors.extend((s, "read_desired", str(exc)) for s in led)
+            return self._finish(result, started)
+
+        want_live = {d.instance_name for d in result.desired.instances}
+        reads: list[ServerRead] = [ServerReadError(s, "read_observed", "not read") for s in led]
+
+        async def read_one(i: int, server: str) -> None:
+            reads[i] = await self.clients[server].read(want_live=want_live)
+
+        async with anyio.create_task_group() as tg:
+            for i, server in enumerate(led):
+                tg.start_soon(read_one, i, server)
+        result.reads = tuple(duplicate_client_names(reads))
+        for read in result.reads:
+            if isinstance(read, ServerReadError):
+                result.errors.append((read.server, read.stage, read.error))
+                log.error("server read failed", server=read.server, error=read.error,
+                          operator_must_fix=read.operator_error)
+
+        result.plan = planner.plan(result.desired, result.reads, memory, policy, now)
+        if not record:
+            return self._finish(result, started)
+
+        executor = Executor(self.store, self.clients, self.metrics, policy.mode, self.leases)
+        try:
+            result.report = await executor.execute(result.plan, now)
+            new_memory = planner.record_outcomes(result.plan.memory,
+                                                 result.report.delete_results, now)
+            await self.store.save_memory(new_memory, servers=led, leases=self.leases)
+            done = set(memory.tombstones) - set(new_memory.tombstones)
+            if done:
+                await self.store.drop_tombstones(done)
+        except (StoreError, LeaseLost) as exc:
+            result.errors.extend((s, "apply", str(exc)) for s in led)
+            log.error("applying the plan failed", error=str(exc))
+        for action, outcome, error in result.report.outcomes:
+            if outcome is Outcome.FAILED:
+                result.errors.append((action.server or led[0], "apply", error or "failed"))
+        await self.publish_outbox(result)
+        return self._finish(result, started)
+
+    async def publish_outbox(self, result: PassResult | None = None) -> None:
+        try:
+            await relay_outbox(self.store, self.publisher, self.metrics)
+        except Exception as exc:  # Redis or the database: the outbox keeps the events
+            log.warning("publishing events failed; they stay in the outbox", error=str(exc))
+            if result is not None:
+                result.errors.extend((s, "publish", str(exc)) for s in result.servers)
+
+    def _finish(self, result: PassResult, started: float) -> PassResult:
+        result.duration = time.monotonic() - started
+        failed_servers = {server for server, _, _ in result.errors}
+        for server, stage, _ in result.errors:
+            if server in result.servers:
+                self.metrics.reconcile_errors_total.labels(server=server, stage=stage).inc()
+        self._export_state(result)
+        for server in result.servers:
+            self.metrics.reconcile_duration_seconds.labels(server=server).observe(result.duration)
+            ok = server not in failed_servers
+            self.metrics.reconcile_total.labels(
+                server=server, result="success" if ok else "error").inc()
+            if ok:
+                self.metrics.last_success_timestamp_seconds.labels(server=server).set(time.time())
+        if result.servers and not failed_servers:
+            self.health.ready = True
+        self._log_summary(result)
+        if self.on_pass is not None:
+            self.on_pass(result)
+        return result
+
+    def _export_state(self, result: PassResult) -> None:
+        if result.desired is not None:
+            self.metrics.desired_instances.set(len(result.desired.instances))
+            self.metrics.invalid_rows.set(result.desired.invalid_rows)
+        if result.plan is None:
+            return
+        counts = result.plan.drift_counts()
+        read_ok = {r.server for r in result.reads if isinstance(r, ServerInventory)}
+        for server in read_ok | ({""} if any(s == "" for s, _ in counts) else set()):
+            for kind in DriftKind:
+                self.metrics.drift_instances.labels(server=server, kind=kind.value).set(
+                    counts.get((server, kind), 0))
+        for read in result.reads:
+            if not isinstance(read, ServerInventory):
+                continue
+            pattern = self.settings.managed_pattern
+            by_state = dict.fromkeys(LiveState, 0)
+            for inst in read.instances:
+                if pattern.fullmatch(inst.name):
+                    by_state[inst.live] += 1
+            for state, n in by_state.items():
+                self.metrics.observed_instances.labels(server=read.server, state=state.value).set(n)
+        for server in result.servers:
+            self.metrics.server_degraded.labels(server=server).set(
+                1 if server in result.plan.degraded_servers else 0)
+
+    def _log_summary(self, result: PassResult) -> None:
+        counts: dict[str, int] = {}
+        if result.plan is not None:
+            for d in result.plan.drift:
+                counts[d.kind.value] = counts.get(d.kind.value, 0) + 1
+        outcomes: dict[str, int] = {}
+        for action, outcome, _ in result.report.outcomes:
+            key = f"{action.kind.value}:{outcome.value}"
+            outcomes[key] = outcomes.get(key, 0) + 1
+        log.info(
+            "pass",
+            servers=list(result.servers),
+            skipped=list(result.skipped),
+            desired=len(result.desired.instances) if result.desired else None,
+            drift=counts,
+            actions=outcomes,
+            errors=[f"{s}/{stage}: {msg}" for s, stage, msg in result.errors],
+            duration_ms=round(result.duration * 1000, 1),
+        )
+
+    # --- the daemon ---------------------------------------------------------------------------
+
+    async def run_forever(self, stop: anyio.Event) -> None:
+        """Passes on a jittered timer and at once on a tombstone NOTIFY, until `stop` is set."""
+        wake = anyio.Event()
+
+        async def leases() -> None:
+            while True:
+                await self.refresh_leases()
+                await anyio.sleep(LEASE_RENEW_EVERY)
+
+        async def tombstones() -> None:
+            nonlocal wake
+            while True:
+                try:
+                    async with self.store.listen_tombstones() as names:
+                        async for name in names:
+                            log.info("integration deleted; reconciling now", instance=name)
+                            wake.set()
+                except StoreError as exc:
+                    log.warning("tombstone listener failed; retrying", error=str(exc))
+                    await anyio.sleep(LEASE_RENEW_EVERY)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(leases)
+            tg.start_soon(tombstones)
+            await self.refresh_leases()
+            while not stop.is_set():
+                wake = anyio.Event()  # a NOTIFY during the pass triggers the next one at once
+                self.health.tick()
+                with anyio.CancelScope(shield=True):
+                    await self.run_pass()
+                self.health.tick()
+                interval = self.settings.interval_seconds * random.uniform(0.9, 1.1)
+                with anyio.move_on_after(interval):
+                    async with anyio.create_task_group() as waiters:
+                        async def wait_for(event: anyio.Event) -> None:
+                            await event.wait()
+                            waiters.cancel_scope.cancel()
+                        waiters.start_soon(wait_for, wake)
+                        waiters.start_soon(wait_for, stop)
+            tg.cancel_scope.cancel()
+        await self.release_leases()
