@@ -59,6 +59,8 @@ class Env:
             "RECONCILER_SCHEMA": self.names.schema,
             "RECONCILER_EVENTS_CHANNEL": self.channel,
             "RECONCILER_ORPHAN_GRACE_SECONDS": "0",
+            # Tests use small servers; the fraction guard has tests of its own.
+            "RECONCILER_MAX_DELETION_FRACTION": "1",
             "RECONCILER_LOG_FORMAT": "json",
         })
         env.update(self.extra)

@@ -1,0 +1,77 @@
+"""`reconciler run`: probes, metrics, the deletion trigger and a clean stop on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import subprocess
+import sys
+from datetime import timedelta
+
+import httpx
+
+from tests.integration.conftest import Env, EventTap, clinic_name
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_for(predicate, timeout: float = 20.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await predicate():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_daemon_serves_probes_converges_on_notify_and_stops_cleanly(
+        env: Env, events: EventTap) -> None:
+    name = clinic_name(age=timedelta(minutes=1))
+    env.sim.add(name, state="open", owner_jid="5511900001111@s.whatsapp.net")
+    await env.add_row(name, status="connected")
+    keeper = clinic_name(age=timedelta(days=5))
+    env.sim.add(keeper, state="open", owner_jid="5511900002222@s.whatsapp.net")
+    await env.add_row(keeper, status="connected")
+    assert env.cli("install-trigger").returncode == 0
+    port = free_port()
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "run"],
+        env=env.environ(RECONCILER_MODE="enforce", RECONCILER_INTERVAL_SECONDS="60",
+                        RECONCILER_HTTP_ADDR=f"127.0.0.1:{port}"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=2) as http:
+            async def ready() -> bool:
+                try:
+                    return (await http.get("/readyz")).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            await wait_for(ready, what="/readyz")
+            assert (await http.get("/healthz")).status_code == 200
+            metrics = (await http.get("/metrics")).text
+            assert 'evolution_reconciler_leader{server="default"} 1.0' in metrics
+            assert 'evolution_reconciler_reconcile_total{result="success",server="default"}' \
+                in metrics
+            assert 'evolution_reconciler_build_info{version=' in metrics
+
+            await env.sql(f"DELETE FROM {env.names.integrations_table}"
+                          " WHERE config->>'instance_name' = $1", name)
+
+            async def gone() -> bool:
+                return name not in env.sim.names()
+
+            await wait_for(gone, timeout=15, what="the released instance to be deleted")
+            [event] = await events.drain(expect=1, timeout=10)
+            assert (event["type"], event["instance_name"], event["reason"]) == (
+                "instance.removed", name, "orphan")
+            assert keeper in env.sim.names()
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        _, stderr = daemon.communicate(timeout=20)
+    assert daemon.returncode == 0, stderr[-2000:]
