@@ -22,6 +22,8 @@ from reconciler.evolution.client import EvolutionClient
 from reconciler.executor import ExecutionReport, Executor
 from reconciler.model import (
     BLAST_RADIUS_GUARDS,
+    ActionKind,
+    DeleteResult,
     DesiredState,
     DriftKind,
     LiveState,
@@ -202,6 +204,7 @@ class Controller:
 
         executor = Executor(self.store, self.clients, self.metrics, policy.mode, self.leases)
         try:
+            await self._remember_intent(result.plan, policy.mode, led, now)
             result.report = await executor.execute(result.plan, now)
             new_memory = planner.record_outcomes(result.plan.memory,
                                                  result.report.delete_results, now)
@@ -217,6 +220,18 @@ class Controller:
                 result.errors.append((action.server or led[0], "apply", error or "failed"))
         await self.publish_outbox(result)
         return self._finish(result, started)
+
+    async def _remember_intent(self, plan: Plan, mode: Mode, led: Sequence[str],
+                               now: datetime) -> None:
+        """Persist "delete requested" before calling delete, so that a crash between the call and
+        its audit still ends with `instance.removed` published by a later pass."""
+        deletes = [
+            (a, DeleteResult.UNVERIFIED) for a in plan.actions
+            if a.kind is ActionKind.DELETE and a.blocked_by is None and not a.already_gone
+        ]
+        if mode is Mode.ENFORCE and deletes:
+            intent = planner.record_outcomes(plan.memory, deletes, now)
+            await self.store.save_memory(intent, servers=led, leases=self.leases)
 
     async def publish_outbox(self, result: PassResult | None = None) -> None:
         try:
