@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import SplitResult, quote, unquote, urlsplit
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
@@ -220,12 +220,18 @@ def _server_name(value: str) -> str:
     return value
 
 
-def _http_url(value: str) -> str:
-    parts = urlsplit(value)
+def _valid_port(parts: SplitResult) -> bool:
     try:
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError:
-        raise _Invalid("must be an http:// or https:// URL with a valid port") from None
+        return False
+    return True
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if not _valid_port(parts):
+        raise _Invalid("must be an http:// or https:// URL with a valid port")
     if parts.scheme not in ("http", "https") or not parts.hostname or re.search(r"\s", value):
         raise _Invalid("must be an http:// or https:// URL with a host")
     if parts.username is not None or parts.password is not None:
@@ -241,7 +247,7 @@ def _database_url(value: str) -> str:
 
 def _redis_url(value: str) -> str:
     parts = urlsplit(value)
-    if parts.scheme in ("redis", "rediss") and parts.hostname:
+    if parts.scheme in ("redis", "rediss") and parts.hostname and _valid_port(parts):
         return value
     if parts.scheme == "unix" and parts.path:
         return value
@@ -406,7 +412,7 @@ def load_settings(
             if key not in found and key not in problems.keys:
                 name = ENV_PREFIX + key.upper()
                 problems.add(f"{name}: required (or {name}_FILE)", key)
-        if not servers and not problems.keys & {"evolution_url", "evolution_api_key", "servers"}:
+        if not servers and "evolution_url" not in found and "servers" not in problems.keys:
             problems.add(
                 f"{ENV_PREFIX}EVOLUTION_URL: required unless the file named by {CONFIG_VARIABLE}"
                 " lists [[servers]]"
@@ -590,7 +596,7 @@ def _listed_servers(listed: object, doc: _Toml, problems: _Problems) -> tuple[Se
         if api_key is None:
             problems.add(f"api_key {where}: required (api_key or api_key_file)", "servers")
             continue
-        server = _server({**entry, "api_key": api_key}, problems)
+        server = _server({**entry, "api_key": api_key}, problems, where)
         if server is None:
             continue
         for other in servers:
@@ -602,11 +608,13 @@ def _listed_servers(listed: object, doc: _Toml, problems: _Problems) -> tuple[Se
     return tuple(servers)
 
 
-def _server(entry: Mapping[str, _Found], problems: _Problems) -> ServerConfig | None:
+def _server(
+    entry: Mapping[str, _Found], problems: _Problems, where: str = ""
+) -> ServerConfig | None:
     try:
         server = _Server.model_validate({key: f.value for key, f in entry.items()})
     except ValidationError as e:
-        for message in _messages(e, entry, _SERVER_FIELDS).values():
+        for message in _messages(e, entry, _SERVER_FIELDS, where).values():
             problems.add(message, "servers")
         return None
     return ServerConfig(name=server.name, url=server.url, api_key=server.api_key,
@@ -614,7 +622,10 @@ def _server(entry: Mapping[str, _Found], problems: _Problems) -> ServerConfig | 
 
 
 def _messages(
-    error: ValidationError, found: Mapping[str, _Found], described: Mapping[str, FieldInfo]
+    error: ValidationError,
+    found: Mapping[str, _Found],
+    described: Mapping[str, FieldInfo],
+    where: str = "",
 ) -> dict[str, str]:
     """One message per key: its origin, what it must be, and what it was unless secret."""
     messages: dict[str, str] = {}
@@ -622,7 +633,7 @@ def _messages(
         key = str(detail["loc"][0])
         if key in messages:
             continue
-        origin = found[key].origin if key in found else key
+        origin = found[key].origin if key in found else f"{key} {where}".rstrip()
         if detail["type"] == "missing":
             messages[key] = f"{origin}: required"
             continue
