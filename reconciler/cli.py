@@ -214,6 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings()
         configure_logging(settings.log_format, settings.log_level)
+        for warning in settings.warnings:
+            log.warning(warning)
         if args.command == "run":
             return anyio.run(cmd_run, settings)
         if args.command in ("once", "plan"):
