@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 
 from reconciler.model import EventType
 from reconciler.observability import Metrics
-from reconciler.store import Store, StoreError
+from reconciler.store import OutboxEvent, Store, StoreError
 
 SOURCE = "evolution-reconciler"
 EVENT_FIELDS = (
@@ -133,21 +133,29 @@ class EventPublisher:
 async def relay_outbox(
     store: Store, publisher: EventPublisher, metrics: Metrics | None = None
 ) -> int:
-    """Publish pending events oldest first, each marked published once Redis took it.
+    """Publish pending events oldest first, marking those Redis took as published.
 
     The first failure stops the relay (and is raised): the events after it stay pending, so an
-    instance's events are never published out of order. Returns how many were published.
+    instance's events are never published out of order. Marks are written per batch, also when a
+    publish fails; only a crash between a publish and its mark repeats an event (at least once).
+    Returns how many were published.
     """
     published = 0
     try:
         while batch := await store.pending_events():
-            for event in batch:
-                await publisher.publish(event.payload)
-                await store.mark_published([event.id])
-                published += 1
-                if metrics is not None:
-                    metrics.events_published_total.labels(
-                        type=str(event.payload.get("type"))).inc()
+            accepted: list[OutboxEvent] = []
+            try:
+                for event in batch:
+                    await publisher.publish(event.payload)
+                    accepted.append(event)
+            finally:
+                if accepted:
+                    await store.mark_published([e.id for e in accepted])
+                    published += len(accepted)
+                    if metrics is not None:
+                        for e in accepted:
+                            metrics.events_published_total.labels(
+                                type=str(e.payload.get("type"))).inc()
     finally:
         if metrics is not None:
             await _refresh_pending(store, metrics)
