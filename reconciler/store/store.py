@@ -275,9 +275,15 @@ class Store:
                 instances.append(parsed)
         return DesiredState(instances=tuple(instances), invalid_rows=invalid)
 
-    async def row_names_instance(self, instance_name: str) -> bool:
-        """The point re-check before a delete: any row of the type naming it, even a broken one."""
-        async with self._snapshot("re-checking the desired row", table=True) as conn:
+    async def row_names_instance(
+        self, instance_name: str, *, lease: LeaseToken | None = None
+    ) -> bool:
+        """The point re-check before a delete: any row of the type naming it, even a broken one.
+
+        With `lease`, the decision to delete is fenced too: LeaseLost if it is no longer current.
+        """
+        leases = [lease] if lease else []
+        async with self._transaction("re-checking the desired row", leases, table=True) as conn:
             found = await conn.fetchval(
                 f"SELECT EXISTS (SELECT 1 FROM {self._names.table}"
                 " WHERE type = 'whatsapp' AND provider = 'evolution'"

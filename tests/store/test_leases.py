@@ -91,3 +91,14 @@ async def test_an_expired_lease_retaken_by_its_holder_is_a_new_term(
     assert not await store.renew_lease(first)
     again = await store.acquire_lease("br-1", "replica-a")
     assert again == LeaseToken("br-1", "replica-a", first.epoch + 1)
+
+
+async def test_the_decision_to_delete_is_fenced(store: Store, app: App) -> None:
+    await app.insert(instance_name="clinic-a")
+    old = await store.acquire_lease("br-1", "replica-a", ttl=0.2)
+    assert old is not None
+    assert await store.row_names_instance("clinic-a", lease=old)
+    assert not await store.row_names_instance("clinic-b", lease=old)
+    await _take_over(store, "br-1", "replica-b")
+    with pytest.raises(LeaseLost):
+        await store.row_names_instance("clinic-b", lease=old)
