@@ -2,7 +2,9 @@
 
 The alert rules live in one file, tested by promtool; the Prometheus Operator needs them wrapped in
 a PrometheusRule, which kustomize cannot build from a plain file. Run this after editing
-alerts.yml (tests/deploy fail while the two differ): `python deploy/kubernetes/generate_prometheusrule.py`.
+alerts.yml (tests/deploy fail while the two differ):
+
+    .venv/bin/python deploy/kubernetes/generate_prometheusrule.py
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import uvicorn
 import yaml
@@ -166,14 +165,6 @@ async def live_daemon() -> AsyncIterator[LiveDaemon]:
         server.should_exit = True
         await task
         sock.close()
-
-
-@pytest.fixture(scope="session")
-async def live_metrics(live_daemon: LiveDaemon) -> str:
-    async with httpx.AsyncClient(base_url=live_daemon.url) as client:
-        response = await client.get("/metrics")
-    response.raise_for_status()
-    return response.text
 
 
 # --- the contract --------------------------------------------------------------------------------
