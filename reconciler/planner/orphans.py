@@ -1,0 +1,163 @@
+"""`orphan` and `orphan_pending`: managed instances no desired row names, and their memory.
+
+An orphan becomes a delete candidate only once confirmed: seen in enough consecutive complete passes
+and old enough, or released by a tombstone. Whether the candidate may actually be deleted is for
+`guards` to say. A delete that was answered but not yet verified is confirmed here once the server
+stops listing the instance, so that `instance.removed` is published exactly when it is true.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from reconciler.model import (
+    Action,
+    ActionKind,
+    Drift,
+    DriftKind,
+    EventType,
+    InstanceMemory,
+    LiveState,
+    ObservedInstance,
+)
+from reconciler.planner.view import Key, PassView, is_protected
+
+ORPHAN = "orphan"
+DUPLICATE_NUMBER = "duplicate_number"
+
+
+@dataclass(frozen=True)
+class OrphanDecision:
+    drift: tuple[Drift, ...]
+    candidates: tuple[Action, ...]
+    """Deletes of confirmed orphans, not yet guarded (`blocked_by` is None)."""
+    confirmations: tuple[Action, ...]
+    """`already_gone` deletes: answered earlier, absent now; never blocked, never counted."""
+    instances: Mapping[Key, InstanceMemory]
+    """Memory of every server read completely (servers whose read failed are not in it)."""
+    contested_servers: frozenset[str]
+    """Servers holding an unprotected orphan, confirmed or not: what the collapse guard protects."""
+
+
+def decide_orphans(view: PassView) -> OrphanDecision:
+    drift: list[Drift] = []
+    candidates: list[Action] = []
+    confirmations: list[Action] = []
+    instances: dict[Key, InstanceMemory] = {}
+    contested: set[str] = set()
+    numbers = _live_desired_numbers(view)
+    for server, listed in view.managed.items():
+        for inst in listed:
+            key = (server, inst.name)
+            previous = view.memory.instances.get(key)
+            base = previous or InstanceMemory(server, inst.name, first_seen=view.now)
+            if view.is_desired(inst.name):
+                instances[key] = _owned(base)
+                continue
+            entry = replace(
+                base,
+                orphan_since=base.orphan_since or view.now,
+                orphan_streak=base.orphan_streak + 1,
+            )
+            instances[key] = entry
+            if not is_protected(view.policy, inst.name):
+                contested.add(server)
+            confirmed, detail = _confirmation(view, inst, entry)
+            if not confirmed:
+                drift.append(Drift(server, inst.name, DriftKind.ORPHAN_PENDING, detail))
+                continue
+            reason = DUPLICATE_NUMBER if _shares_live_number(inst, numbers) else ORPHAN
+            retry_at = base.next_delete_at
+            if retry_at is not None and retry_at > view.now:
+                detail = f"{reason}; delete retried after {retry_at.isoformat()}"
+                drift.append(Drift(server, inst.name, DriftKind.ORPHAN, detail))
+                continue
+            drift.append(Drift(server, inst.name, DriftKind.ORPHAN, f"{reason}; {detail}"))
+            candidates.append(_delete(view, inst, reason))
+        for remembered in view.remembered.get(server, ()):
+            if remembered.instance_name in view.listed_on[server]:
+                continue
+            if remembered.delete_requested_at is not None:
+                instances[(server, remembered.instance_name)] = remembered
+                confirmations.append(_gone(view, remembered))
+    return OrphanDecision(
+        drift=tuple(drift),
+        candidates=tuple(candidates),
+        confirmations=tuple(confirmations),
+        instances=instances,
+        contested_servers=frozenset(contested),
+    )
+
+
+def _owned(entry: InstanceMemory) -> InstanceMemory:
+    """Named by a row again: forget the orphan history, including any delete in flight."""
+    return replace(
+        entry,
+        orphan_since=None,
+        orphan_streak=0,
+        delete_requested_at=None,
+        delete_reason=None,
+        delete_attempts=0,
+        next_delete_at=None,
+    )
+
+
+def _confirmation(
+    view: PassView, inst: ObservedInstance, entry: InstanceMemory
+) -> tuple[bool, str]:
+    """SPEC 4.3 rule 4: enough consecutive passes and old enough, or released by a tombstone."""
+    if inst.name in view.memory.tombstones:
+        return True, "released by a tombstone"
+    policy = view.policy
+    born = inst.created_at or entry.first_seen
+    age = view.now - born
+    source = "created" if inst.created_at else "first seen"
+    grace = int(policy.orphan_grace.total_seconds())
+    detail = (
+        f"orphan in {entry.orphan_streak}/{policy.orphan_confirmations} passes, "
+        f"{source} {int(age.total_seconds())}s ago (grace {grace}s)"
+    )
+    confirmed = entry.orphan_streak >= policy.orphan_confirmations and age >= policy.orphan_grace
+    return confirmed, detail
+
+
+def _live_desired_numbers(view: PassView) -> frozenset[str]:
+    return frozenset(
+        inst.number
+        for listed in view.managed.values()
+        for inst in listed
+        if inst.live is LiveState.OPEN and inst.number and view.is_desired(inst.name)
+    )
+
+
+def _shares_live_number(inst: ObservedInstance, numbers: frozenset[str]) -> bool:
+    """The incident: a forgotten live session on the number a desired instance now serves."""
+    return inst.live is LiveState.OPEN and inst.number is not None and inst.number in numbers
+
+
+def _delete(view: PassView, inst: ObservedInstance, reason: str) -> Action:
+    settled = inst.live is LiveState.CLOSE or (
+        inst.live is LiveState.UNKNOWN and inst.stored_status == "close"
+    )
+    return Action(
+        kind=ActionKind.DELETE,
+        server=inst.server,
+        instance_name=inst.name,
+        reason=reason,
+        organization_id=view.organization_id(inst.name),
+        logout_first=not settled,
+        event=EventType.REMOVED,
+    )
+
+
+def _gone(view: PassView, entry: InstanceMemory) -> Action:
+    return Action(
+        kind=ActionKind.DELETE,
+        server=entry.server,
+        instance_name=entry.instance_name,
+        reason=entry.delete_reason or ORPHAN,
+        organization_id=view.organization_id(entry.instance_name),
+        already_gone=True,
+        event=EventType.REMOVED,
+    )

@@ -1,0 +1,211 @@
+"""`disconnected`, `reconnected`, `missing`, the restart guard: the status of enabled rows.
+
+The live verdict decides, never the stored status: OPEN is connected, CLOSE and CONNECTING are not,
+UNKNOWN is no verdict at all (a probe that failed says nothing about the phone). A transient
+"not connected" must hold across two observations `disconnect_after` apart, because Evolution is
+already reconnecting; a terminal reason needs a human, so it is marked at once.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from reconciler.model import (
+    Action,
+    ActionKind,
+    DesiredInstance,
+    Disconnect,
+    Drift,
+    DriftKind,
+    EventType,
+    InstanceMemory,
+    LiveState,
+    ObservedInstance,
+    RowStatus,
+)
+from reconciler.planner.view import Key, PassView
+from reconciler.reasons import INSTANCE_MISSING, classify
+
+RECONNECTED = "reconnected"
+_TRACKED = frozenset(RowStatus)
+"""Rows in any other status are left alone: the daemon does not know what they mean."""
+_MIN_RESTART_WAVE = 3
+
+
+@dataclass(frozen=True)
+class StatusDecision:
+    drift: tuple[Drift, ...]
+    actions: tuple[Action, ...]
+    degraded_servers: frozenset[str]
+    missing_streaks: Mapping[str, int]
+    missing_pending: bool
+    """Some enabled row looks missing and is not marked yet: what the collapse guard protects."""
+
+
+def verdict(live: LiveState) -> bool | None:
+    """Connected, not connected, or no verdict."""
+    if live is LiveState.OPEN:
+        return True
+    if live is LiveState.UNKNOWN:
+        return None
+    return False
+
+
+def track_connections(
+    view: PassView, instances: Mapping[Key, InstanceMemory]
+) -> dict[Key, InstanceMemory]:
+    """Disconnect hysteresis: the first "not connected" starts the clock, OPEN stops it."""
+    tracked = dict(instances)
+    for server, listed in view.managed.items():
+        for inst in listed:
+            key = (server, inst.name)
+            entry = tracked[key]
+            seen = verdict(inst.live)
+            if seen is True:
+                tracked[key] = replace(
+                    entry, not_connected_since=None, not_connected_reason=None,
+                    last_live=inst.live,
+                )
+            elif seen is False:
+                tracked[key] = replace(
+                    entry,
+                    not_connected_since=entry.not_connected_since or view.now,
+                    not_connected_reason=_why(inst).reason,
+                    last_live=inst.live,
+                )
+    return tracked
+
+
+def decide_statuses(view: PassView) -> StatusDecision:
+    drift: list[Drift] = []
+    actions: list[Action] = []
+    waiting: list[Action] = []
+    connected: Counter[str] = Counter()
+    strained: Counter[str] = Counter()
+    rows = [r for r in view.desired if r.enabled and r.status in _TRACKED]
+    for row in rows:
+        copies = view.copies.get(row.instance_name, ())
+        if not copies:
+            continue
+        inst = next((c for c in copies if c.live is LiveState.OPEN), copies[0])
+        if row.status == RowStatus.CONNECTED:
+            connected[inst.server] += 1
+            if verdict(inst.live) is not False:
+                continue
+            why = _why(inst)
+            if why.terminal:
+                actions.append(_mark_disconnected(view, row, inst, why))
+                continue
+            strained[inst.server] += 1
+            if _confirmed_down(view, inst):
+                waiting.append(_mark_disconnected(view, row, inst, why))
+        elif inst.live is LiveState.OPEN and inst.owner_jid:
+            actions.append(_mark_connected(view, row, inst))
+    degraded = frozenset(
+        server
+        for server, n in strained.items()
+        if n >= _MIN_RESTART_WAVE and n > view.policy.mass_disconnect_fraction * connected[server]
+    )
+    actions.extend(a for a in waiting if a.server not in degraded)
+    for action in actions:
+        kind = DriftKind.RECONNECTED if action.kind is ActionKind.MARK_CONNECTED else (
+            DriftKind.DISCONNECTED
+        )
+        drift.append(Drift(action.server, action.instance_name, kind, action.reason))
+    missing = _decide_missing(view, rows)
+    return StatusDecision(
+        drift=(*drift, *missing.drift),
+        actions=(*actions, *missing.actions),
+        degraded_servers=degraded,
+        missing_streaks=missing.streaks,
+        missing_pending=missing.pending,
+    )
+
+
+def _why(inst: ObservedInstance) -> Disconnect:
+    return inst.disconnect or classify(None)
+
+
+def _confirmed_down(view: PassView, inst: ObservedInstance) -> bool:
+    """Two observations at least `disconnect_after` apart: the earlier one is in memory."""
+    entry = view.memory.instances.get((inst.server, inst.name))
+    since = entry.not_connected_since if entry else None
+    return since is not None and view.now - since >= view.policy.disconnect_after
+
+
+def _mark_disconnected(
+    view: PassView, row: DesiredInstance, inst: ObservedInstance, why: Disconnect
+) -> Action:
+    return Action(
+        kind=ActionKind.MARK_DISCONNECTED,
+        server=inst.server,
+        instance_name=row.instance_name,
+        reason=why.reason,
+        organization_id=view.organization_id(row.instance_name, row),
+        row_id=row.id,
+        expected_status=row.status,
+        disconnect_reason=why.reason,
+        event=EventType.DISCONNECTED,
+    )
+
+
+def _mark_connected(view: PassView, row: DesiredInstance, inst: ObservedInstance) -> Action:
+    return Action(
+        kind=ActionKind.MARK_CONNECTED,
+        server=inst.server,
+        instance_name=row.instance_name,
+        reason=RECONNECTED,
+        organization_id=view.organization_id(row.instance_name, row),
+        row_id=row.id,
+        expected_status=row.status,
+        event=EventType.CONNECTED,
+    )
+
+
+@dataclass(frozen=True)
+class _Missing:
+    drift: tuple[Drift, ...]
+    actions: tuple[Action, ...]
+    streaks: Mapping[str, int]
+    pending: bool
+
+
+def _decide_missing(view: PassView, rows: list[DesiredInstance]) -> _Missing:
+    """Absent from every server, judged only when every server was read completely."""
+    absent = sorted({r.instance_name for r in rows if r.instance_name not in view.listed})
+    if not view.complete:
+        known = view.memory.missing_streaks
+        kept = {name: known[name] for name in absent if name in known}
+        return _Missing((), (), kept, False)
+    streaks = {name: view.memory.missing_streaks.get(name, 0) + 1 for name in absent}
+    drift: dict[str, Drift] = {}
+    actions: list[Action] = []
+    pending = False
+    for row in rows:
+        name = row.instance_name
+        if name not in streaks:
+            continue
+        if row.status == RowStatus.DISCONNECTED and row.disconnect_reason == INSTANCE_MISSING:
+            drift[name] = Drift("", name, DriftKind.MISSING, INSTANCE_MISSING)
+            continue
+        pending = True
+        if streaks[name] >= view.policy.orphan_confirmations:
+            drift[name] = Drift("", name, DriftKind.MISSING, INSTANCE_MISSING)
+            actions.append(_mark_missing(view, row))
+    return _Missing(tuple(drift.values()), tuple(actions), streaks, pending)
+
+
+def _mark_missing(view: PassView, row: DesiredInstance) -> Action:
+    return Action(
+        kind=ActionKind.MARK_MISSING,
+        server="",
+        instance_name=row.instance_name,
+        reason=INSTANCE_MISSING,
+        organization_id=view.organization_id(row.instance_name, row),
+        row_id=row.id,
+        expected_status=row.status,
+        disconnect_reason=INSTANCE_MISSING,
+        event=EventType.MISSING,
+    )
