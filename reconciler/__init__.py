@@ -1,3 +1,3 @@
-"""evolution-reconciler: a control loop that keeps Evolution API servers in line with the database."""
+"""evolution-reconciler: keeps Evolution API servers in line with the database."""
 
 __version__ = "0.1.0"

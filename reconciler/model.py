@@ -227,7 +227,7 @@ class Memory:
     missing_streaks: Mapping[str, int] = field(default_factory=dict)
     """Desired instance names found on no server, by consecutive complete passes."""
     reported_duplicates: frozenset[str] = frozenset()
-    """Keys of duplicate groups already published; a group is published again only if it reappears."""
+    """Keys of duplicate groups already published; published again only if a group reappears."""
     tombstones: Mapping[str, Tombstone] = field(default_factory=dict)
 
 

@@ -67,7 +67,8 @@ class Env:
         env.update(overrides)
         return env
 
-    def cli(self, *args: str, timeout: float = 60, **overrides: str) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, timeout: float = 60,
+            **overrides: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "reconciler", *args], env=self.environ(**overrides),
             capture_output=True, text=True, timeout=timeout, check=False)
