@@ -150,7 +150,8 @@ class Executor:
                 await self._audit(report, action, Outcome.OK, event=self._event(action, now))
                 report.delete_results.append((action, DeleteResult.VERIFIED))
                 continue
-            if await self.store.row_names_instance(action.instance_name):
+            if await self.store.row_names_instance(action.instance_name,
+                                                   lease=self._lease(server)):
                 await self._audit(report, replace(action, blocked_by=Guard.RECHECK),
                                   Outcome.BLOCKED)
                 continue

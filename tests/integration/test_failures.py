@@ -11,6 +11,14 @@ from tests.integration.conftest import API_KEY, Env, EventTap, clinic_name
 ENFORCE = {"RECONCILER_MODE": "enforce", "RECONCILER_ORPHAN_CONFIRMATIONS": "1"}
 
 
+async def add_keeper(env: Env) -> str:
+    """A desired, healthy instance: without one the `empty_desired` guard holds every delete."""
+    keeper = clinic_name(age=timedelta(days=9))
+    env.sim.add(keeper, state="open", owner_jid="5511900003333@s.whatsapp.net")
+    await env.add_row(keeper, status="connected")
+    return keeper
+
+
 def test_bad_setting_exits_2_naming_it(env: Env) -> None:
     proc = env.cli("once", RECONCILER_MODE="enforced")
     assert proc.returncode == 2
@@ -43,6 +51,7 @@ async def test_wrong_api_key_is_an_operator_error_and_the_key_never_shows(env: E
 
 
 async def test_failing_listing_deletes_nothing(env: Env) -> None:
+    await add_keeper(env)
     orphan = clinic_name(age=timedelta(days=2))
     env.sim.add(orphan, state="open")
     for status, body in [(500, {"status": 500, "error": "Internal Server Error",
@@ -61,6 +70,7 @@ async def test_failing_listing_deletes_nothing(env: Env) -> None:
 
 async def test_redis_down_keeps_events_in_the_outbox_until_it_is_back(
         env: Env, events: EventTap) -> None:
+    await add_keeper(env)
     orphan = clinic_name(age=timedelta(days=2))
     env.sim.add(orphan, state="close")
     code, out = env.cli_json("once", RECONCILER_REDIS_URL="redis://127.0.0.1:1/0", **ENFORCE)
@@ -77,6 +87,7 @@ async def test_redis_down_keeps_events_in_the_outbox_until_it_is_back(
 
 async def test_recheck_blocks_a_delete_when_a_row_appears(env: Env) -> None:
     """A row inserted between the read and the call holds the delete back (guard `recheck`)."""
+    await add_keeper(env)
     orphan = clinic_name(age=timedelta(days=2))
     env.sim.add(orphan, state="close")
     env.sim.fault("fetchInstances", delay=1.0, times=1)
