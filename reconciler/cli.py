@@ -61,7 +61,7 @@ async def open_controller(settings: Settings, *, metrics: Metrics | None = None,
 async def cmd_once(settings: Settings, args: argparse.Namespace, *, record: bool) -> int:
     async with open_controller(settings) as controller:
         if record:
-            await controller.refresh_leases()
+            await controller.refresh_leases(take_over=True)
         mode = Mode.DRY_RUN if getattr(args, "dry_run", False) else None
         result = await controller.run_pass(
             allow_mass_deletion=getattr(args, "allow_mass_deletion", False),

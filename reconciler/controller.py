@@ -118,15 +118,17 @@ class Controller:
 
     # --- leadership ---------------------------------------------------------------------------
 
-    async def refresh_leases(self) -> None:
-        """Renew what we lead, take what nobody leads; export `leader{server}`."""
+    async def refresh_leases(self, *, take_over: bool = False) -> None:
+        """Renew what we lead, take what nobody leads (or everything, with `take_over`: an
+        operator's `once`); export `leader{server}`."""
         for server in self.clients:
             token = self.leases.get(server)
             try:
                 if token is not None and await self.store.renew_lease(token, LEASE_TTL):
                     continue
                 self.leases.pop(server, None)
-                new = await self.store.acquire_lease(server, self.holder, LEASE_TTL)
+                new = await self.store.acquire_lease(server, self.holder, LEASE_TTL,
+                                                     take_over=take_over)
             except StoreError as exc:
                 log.warning("lease refresh failed", server=server, error=str(exc))
                 self.leases.pop(server, None)

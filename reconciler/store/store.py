@@ -499,9 +499,13 @@ class Store:
     # --- leases --------------------------------------------------------------------------------
 
     async def acquire_lease(
-        self, server: str, holder: str, ttl: float = 15.0
+        self, server: str, holder: str, ttl: float = 15.0, *, take_over: bool = False
     ) -> LeaseToken | None:
-        """Take the lease if free, expired or ours; a new term (epoch + 1) unless ours and live."""
+        """Take the lease if free, expired or ours; a new term (epoch + 1) unless ours and live.
+
+        `take_over` takes it from a live holder too (an operator's `once`): the new epoch fences
+        the old holder off, and a fenced write in flight finishes first (it locks the row).
+        """
         async with self._transaction("acquiring a lease") as conn:
             row = await conn.fetchrow(
                 f"INSERT INTO {self._names.own}.leases AS l (server, holder, epoch, expires_at)"
@@ -514,9 +518,9 @@ class Store:
                 "                 THEN l.acquired_at ELSE now() END,"
                 "   renewed_at = now(),"
                 "   expires_at = EXCLUDED.expires_at"
-                " WHERE l.holder = EXCLUDED.holder OR l.expires_at <= now()"
+                " WHERE l.holder = EXCLUDED.holder OR l.expires_at <= now() OR $4"
                 " RETURNING epoch",
-                server, holder, ttl,
+                server, holder, ttl, take_over,
             )
         return None if row is None else LeaseToken(server, holder, row["epoch"])
 

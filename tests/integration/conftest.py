@@ -118,6 +118,13 @@ class Env:
         finally:
             await conn.close()
 
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            return await conn.fetchval(query, *args)
+        finally:
+            await conn.close()
+
     async def sql(self, query: str, *args: Any) -> str:
         conn = await asyncpg.connect(self.database_url)
         try:

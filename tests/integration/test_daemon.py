@@ -75,3 +75,45 @@ async def test_daemon_serves_probes_converges_on_notify_and_stops_cleanly(
         daemon.send_signal(signal.SIGTERM)
         _, stderr = daemon.communicate(timeout=20)
     assert daemon.returncode == 0, stderr[-2000:]
+
+
+async def test_an_operators_once_acts_while_the_daemon_leads(env: Env) -> None:
+    keeper = clinic_name(age=timedelta(days=5))
+    env.sim.add(keeper, state="open", owner_jid="5511900002222@s.whatsapp.net")
+    await env.add_row(keeper, status="connected")
+    orphan = clinic_name(age=timedelta(days=5))
+    env.sim.add(orphan, state="close")
+    port = free_port()
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "run"],
+        env=env.environ(RECONCILER_INTERVAL_SECONDS="1", RECONCILER_HTTP_ADDR=f"127.0.0.1:{port}"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=2) as http:
+            async def leads() -> bool:
+                try:
+                    text = (await http.get("/metrics")).text
+                except httpx.TransportError:
+                    return False
+                return 'evolution_reconciler_leader{server="default"} 1.0' in text
+
+            await wait_for(leads, what="the daemon to lead")
+            holder_query = (f'SELECT holder FROM "{env.names.schema}".leases'
+                            " WHERE server = 'default' AND expires_at > now()")
+            daemon_holder = await env.fetchval(holder_query)
+            assert daemon_holder
+            code, out = await asyncio.to_thread(
+                env.cli_json, "once", RECONCILER_MODE="enforce",
+                RECONCILER_ORPHAN_CONFIRMATIONS="1")
+            assert code == 0, out
+            assert [(a["instance_name"], a["outcome"]) for a in out["actions"]] == [
+                (orphan, "ok")]
+            assert orphan not in env.sim.names()
+            async def daemon_leads_again() -> bool:
+                return bool(await env.fetchval(holder_query) == daemon_holder)
+
+            await wait_for(daemon_leads_again, timeout=30, what="the daemon to lead again")
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        _, stderr = daemon.communicate(timeout=20)
+    assert daemon.returncode == 0, stderr[-2000:]

@@ -102,3 +102,15 @@ async def test_the_decision_to_delete_is_fenced(store: Store, app: App) -> None:
     await _take_over(store, "br-1", "replica-b")
     with pytest.raises(LeaseLost):
         await store.row_names_instance("clinic-b", lease=old)
+
+
+async def test_an_operator_take_over_fences_the_live_holder_at_once(store: Store) -> None:
+    daemon = await store.acquire_lease("br-1", "daemon")
+    assert daemon is not None
+    operator = await store.acquire_lease("br-1", "operator-once", take_over=True)
+    assert operator == LeaseToken("br-1", "operator-once", daemon.epoch + 1)
+    assert not await store.renew_lease(daemon)
+    assert await store.acquire_lease("br-1", "daemon") is None
+    await store.release_lease(operator)
+    assert await store.acquire_lease("br-1", "daemon") == LeaseToken(
+        "br-1", "daemon", operator.epoch + 1)
