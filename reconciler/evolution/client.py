@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Set
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, TypeVar, cast
@@ -99,7 +99,8 @@ class EvolutionClient:
     `retry_attempts`/`retry_wait` shape the jittered exponential backoff of reads (and of
     writes after gateway errors, which are safe to repeat because 404 means done);
     `max_concurrency` bounds requests in flight to this server; `max_body` caps what is read;
-    `probe_burst` is how many seconds of `probe_rps` one pass may spend at once.
+    `probe_burst` is how many seconds of `probe_rps` one pass may spend at once (a pass should
+    not stall on probes: tombstones are reconciled in seconds).
     """
 
     def __init__(
@@ -115,7 +116,7 @@ class EvolutionClient:
         retry_attempts: int = 3,
         retry_wait: float = 0.5,
         max_body: int = MAX_BODY,
-        probe_burst: float = 30.0,
+        probe_burst: float = 10.0,
     ) -> None:
         if server.version not in (*API_LINES, "auto"):
             raise ValueError(f"server {server.name!r}: version must be auto, v1 or v2")
@@ -147,7 +148,8 @@ class EvolutionClient:
         self._previous: frozenset[str] | None = None
         self._bucket = Bucket(self._probe_capacity, time.monotonic())
         self._next_probe_slot = 0.0
-        self._warned_budget = False
+        self._probing_since: float | None = None
+        self._next_budget_warning = 0.0
 
     async def __aenter__(self) -> EvolutionClient:
         return self
@@ -433,7 +435,6 @@ class EvolutionClient:
         self._bucket = refill(self._bucket, now, self._probe_rps, self._probe_capacity)
         chosen = choose_probes(prints, want, self._probes, self._previous, now,
                                self._probe_interval, math.floor(self._bucket.tokens))
-        self._warn_if_budget_short(len(want.intersection(prints)))
         results: dict[str, LiveState] = {}
 
         async def probe(name: str) -> None:
@@ -447,15 +448,22 @@ class EvolutionClient:
         probes.update({n: Probe(now, state, prints[n]) for n, state in results.items()})
         self._probes = probes
         self._previous = frozenset(prints)
+        self._warn_if_overdue(want.intersection(prints), now)
         return {name: carried(probes.get(name), fp, now, self._probe_interval)
                 for name, fp in prints.items()}
 
-    def _warn_if_budget_short(self, wanted: int) -> None:
-        coverable = self._probe_rps * self._probe_interval
-        if wanted > coverable and not self._warned_budget:
-            self._warned_budget = True
+    def _warn_if_overdue(self, wanted: Set[str], now: float) -> None:
+        """Say so when the budget cannot probe every wanted instance within the interval."""
+        if self._probing_since is None:
+            self._probing_since = now
+        overdue = sum(
+            1 for name in wanted
+            if now - (self._probes[name].at if name in self._probes else self._probing_since)
+            >= self._probe_interval)
+        if overdue and now >= self._next_budget_warning:
+            self._next_budget_warning = now + self._probe_interval
             self._log.warning(
-                "evolution.probe_budget_short", wanted=wanted, coverable=int(coverable),
+                "evolution.probe_budget_short", overdue=overdue, wanted=len(wanted),
                 hint="enable PROMETHEUS_METRICS on the server, or raise RECONCILER_PROBE_RPS")
 
     # --- writes --------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import time
 
 import anyio
 from evolution_helpers import MakeClient, StartSimulator
+from structlog.testing import capture_logs
 
 from reconciler.evolution.simulator import Simulator
 from reconciler.model import LiveState, ServerInventory, ServerRead
@@ -129,3 +130,18 @@ async def test_probe_failures_are_unknown_never_not_connected(
     sim.fault("connectionState", status=200, body="{broken")
     read = await make_client(sim).read(want_live=["a"])
     assert live(read)["a"] == LiveState.UNKNOWN
+
+
+async def test_a_budget_too_small_for_the_interval_is_reported(
+    sim: Simulator, make_client: MakeClient
+) -> None:
+    names = [f"clinic-{n}" for n in range(6)]
+    for name in names:
+        sim.add(name, state="open")
+    client = make_client(sim, probe_rps=20.0, probe_burst=0.1, probe_interval=0.3)
+    with capture_logs() as logs:
+        await client.read(want_live=names)  # 2 of 6 probed
+        await anyio.sleep(0.35)  # the interval passes
+        await client.read(want_live=names)
+    warnings = [e for e in logs if e["event"] == "evolution.probe_budget_short"]
+    assert len(warnings) == 1 and warnings[0]["overdue"] >= 2 and warnings[0]["wanted"] == 6
