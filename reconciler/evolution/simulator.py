@@ -408,13 +408,18 @@ class Simulator:
             raise RuntimeError("the simulator is not serving")
         return f"http://{self._host}:{self._port}"
 
-    async def _start(self) -> None:
+    def _listen(self) -> socket.socket:
+        """The listening socket; TCP_NODELAY, or every answer waits 40 ms for a delayed ACK."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((self._host, self._port))
         sock.listen(128)
         self._port = sock.getsockname()[1]
+        return sock
+
+    async def _start(self) -> None:
+        sock = self._listen()
         config = uvicorn.Config(self.app, log_config=None, log_level="warning",
                                 access_log=False, lifespan="off", timeout_graceful_shutdown=2)
         self._server = _EmbeddedServer(config)
@@ -478,10 +483,10 @@ class Simulator:
 
     def run(self) -> None:
         """Serve in the foreground until SIGINT/SIGTERM (the command line)."""
-        self._port = self._port or 8080
-        config = uvicorn.Config(self.app, host=self._host, port=self._port,
-                                log_level="info", lifespan="off")
-        uvicorn.Server(config).run()
+        sock = self._listen()
+        config = uvicorn.Config(self.app, log_level="info", lifespan="off")
+        print(f"Evolution API {self.version} simulator on {self.url}", flush=True)
+        uvicorn.Server(config).run(sockets=[sock])
 
     # --- dispatch --------------------------------------------------------------------------
 
