@@ -113,6 +113,8 @@ class Controller:
         self.holder = holder or f"reconciler-{uuid.uuid4().hex[:12]}"
         self.leases: dict[str, LeaseToken] = {}
         self.pass_lock = anyio.Lock()
+        self.verify_timeout = 10.0
+        """How long a pass waits for a deleted instance to leave the listing."""
         self.on_pass: Callable[[PassResult], None] | None = None
         """Called after every pass (the demo prints it)."""
 
@@ -184,7 +186,8 @@ class Controller:
             result.errors.extend((s, "read_desired", str(exc)) for s in led)
             return self._finish(result, started)
 
-        want_live = {d.instance_name for d in result.desired.instances}
+        want_live = {d.instance_name for d in result.desired.instances} | {
+            m.instance_name for m in memory.instances.values() if m.orphan_streak > 0}
         reads: list[ServerRead] = [ServerReadError(s, "read_observed", "not read") for s in led]
 
         async def read_one(i: int, server: str) -> None:
@@ -204,7 +207,8 @@ class Controller:
         if not record:
             return self._finish(result, started)
 
-        executor = Executor(self.store, self.clients, self.metrics, policy.mode, self.leases)
+        executor = Executor(self.store, self.clients, self.metrics, policy.mode, self.leases,
+                            verify_timeout=self.verify_timeout)
         try:
             await self._remember_intent(result.plan, policy.mode, led, now)
             result.report = await executor.execute(result.plan, now)

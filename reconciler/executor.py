@@ -156,9 +156,7 @@ class Executor:
                                   Outcome.BLOCKED)
                 continue
             try:
-                if action.logout_first:
-                    await client.logout(action.instance_name)
-                await client.delete(action.instance_name)
+                await self._logout_and_delete(client, action)
             except EvolutionError as exc:
                 await self._audit(report, action, Outcome.FAILED, error=str(exc))
                 report.delete_results.append((action, DeleteResult.FAILED))
@@ -175,6 +173,19 @@ class Executor:
             else:
                 await self._audit(report, action, Outcome.OK, event=self._event(action, now))
                 report.delete_results.append((action, DeleteResult.VERIFIED))
+
+    async def _logout_and_delete(self, client: EvolutionClient, action: Action) -> None:
+        """Log a live instance out first (frees the phone's device slot); servers that refuse to
+        delete an open instance (v1 <= 1.8.3, 2.2.0) get the logout they asked for, once."""
+        if action.logout_first:
+            await client.logout(action.instance_name)
+        try:
+            await client.delete(action.instance_name)
+        except EvolutionError as exc:
+            if not exc.needs_logout or action.logout_first:
+                raise
+            await client.logout(action.instance_name)
+            await client.delete(action.instance_name)
 
     async def _wait_until_absent(self, client: EvolutionClient, names: set[str]) -> set[str]:
         """Names still listed after the verification window (Evolution deletes asynchronously)."""
