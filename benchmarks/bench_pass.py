@@ -24,6 +24,7 @@ import asyncpg
 
 from reconciler.cli import open_controller
 from reconciler.evolution.simulator import Simulator
+from reconciler.observability import configure_logging
 from reconciler.settings import load_settings
 
 
@@ -60,8 +61,8 @@ async def bench(instances: int, metrics_enabled: bool) -> None:
                 "RECONCILER_SCHEMA": own_schema, "RECONCILER_LOG_LEVEL": "error",
                 "RECONCILER_EVENTS_CHANNEL": f"bench-{suffix}",
             })
-            async with open_controller(settings) as controller:
-                await controller.refresh_leases()
+            configure_logging("console", "error")
+            async with open_controller(settings) as controller, controller.leading():
                 for label in ("first pass (cold)", "second pass (warm)"):
                     before = len(sim.requests)
                     tracemalloc.start()

@@ -59,15 +59,14 @@ async def open_controller(settings: Settings, *, metrics: Metrics | None = None,
 
 
 async def cmd_once(settings: Settings, args: argparse.Namespace, *, record: bool) -> int:
+    mode = Mode.DRY_RUN if getattr(args, "dry_run", False) else None
+    allow = bool(getattr(args, "allow_mass_deletion", False))
     async with open_controller(settings) as controller:
         if record:
-            await controller.refresh_leases(take_over=True)
-        mode = Mode.DRY_RUN if getattr(args, "dry_run", False) else None
-        result = await controller.run_pass(
-            allow_mass_deletion=getattr(args, "allow_mass_deletion", False),
-            mode=mode, record=record)
-        if record:
-            await controller.release_leases()
+            async with controller.leading(take_over=True):
+                result = await controller.run_pass(allow_mass_deletion=allow, mode=mode)
+        else:
+            result = await controller.run_pass(mode=mode, record=False)
         policy_mode = mode or settings.mode
         rendered = (render_json(result, policy_mode, record=record) if args.output == "json"
                     else render_table(result, policy_mode, record=record))

@@ -9,7 +9,8 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -140,6 +141,26 @@ class Controller:
                     log.info("leading server", server=server, epoch=new.epoch)
                 self.leases[server] = new
             self.metrics.leader.labels(server=server).set(1 if server in self.leases else 0)
+
+    @asynccontextmanager
+    async def leading(self, *, take_over: bool = False) -> AsyncIterator[None]:
+        """Hold (and keep renewing) the leases for as long as the block runs; release them after,
+        so a standby or the daemon takes over at once instead of after the lease expires."""
+
+        async def renew() -> None:
+            while True:
+                await anyio.sleep(LEASE_RENEW_EVERY)
+                await self.refresh_leases()
+
+        await self.refresh_leases(take_over=take_over)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(renew)
+                yield
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.release_leases()
 
     async def release_leases(self) -> None:
         for token in list(self.leases.values()):
@@ -320,11 +341,6 @@ class Controller:
         """Passes on a jittered timer and at once on a tombstone NOTIFY, until `stop` is set."""
         wake = anyio.Event()
 
-        async def leases() -> None:
-            while True:
-                await self.refresh_leases()
-                await anyio.sleep(LEASE_RENEW_EVERY)
-
         async def tombstones() -> None:
             nonlocal wake
             while True:
@@ -337,10 +353,8 @@ class Controller:
                     log.warning("tombstone listener failed; retrying", error=str(exc))
                     await anyio.sleep(LEASE_RENEW_EVERY)
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(leases)
+        async with self.leading(), anyio.create_task_group() as tg:
             tg.start_soon(tombstones)
-            await self.refresh_leases()
             while not stop.is_set():
                 wake = anyio.Event()  # a NOTIFY during the pass triggers the next one at once
                 self.health.tick()
@@ -356,4 +370,3 @@ class Controller:
                         waiters.start_soon(wait_for, wake)
                         waiters.start_soon(wait_for, stop)
             tg.cancel_scope.cancel()
-        await self.release_leases()

@@ -25,8 +25,7 @@ async def controller_for(env: Env, sim: Simulator, **overrides: str) -> AsyncIte
     environ = env.environ(RECONCILER_MODE="enforce", RECONCILER_ORPHAN_CONFIRMATIONS="1",
                           RECONCILER_EVOLUTION_URL=sim.url, **overrides)
     settings = load_settings({k: v for k, v in environ.items() if k.startswith("RECONCILER_")})
-    async with open_controller(settings) as controller:
-        await controller.refresh_leases()
+    async with open_controller(settings) as controller, controller.leading():
         yield controller
 
 
