@@ -13,7 +13,8 @@ from reconciler.evolution.client import EvolutionClient
 from reconciler.evolution.simulator import Simulator
 from reconciler.observability import Metrics
 
-FACTS = Path(__file__).resolve().parents[3] / "shared" / "evolution-api"
+FACTS = Path(__file__).resolve().parents[1] / "fixtures" / "evolution-api"
+"""A copy of shared/evolution-api's wire facts, so the suite runs from any clone."""
 RECORDED = FACTS / "recorded-v2.3.6"
 PAYLOADS = FACTS / "payloads"
 
