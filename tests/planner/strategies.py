@@ -309,7 +309,8 @@ def policies() -> st.SearchStrategy[Policy]:
 _DESIRED = desired_states()
 _MEMORY = st.just(Memory()) | memories()
 _POLICY = policies()
-_NOW = st.sampled_from((0, 30, 600)).map(lambda s: NOW + timedelta(seconds=s))
+_NOW = st.sampled_from((0, 0, 0, 1, 30, 600)).map(lambda s: NOW + timedelta(seconds=s))
+"""Mostly NOW itself, so that the boundary offsets of every remembered time stay on the edge."""
 
 
 @st.composite

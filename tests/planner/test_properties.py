@@ -105,9 +105,13 @@ def test_never_exceeds_the_blast_radius(s: Scenario) -> None:
     if s.policy.allow_mass_deletion:
         return
     for server, n in per_server.items():
+        managed, wanted = managed_on(s, server), len(s.desired.instances)
         assert n <= s.policy.max_deletions
-        assert n <= s.policy.max_deletion_fraction * managed_on(s, server)
-        assert s.desired.instances
+        assert n <= s.policy.max_deletion_fraction * managed
+        assert wanted > 0
+        last = s.memory.last_counts.get(server)
+        if last is not None:
+            assert wanted * 2 >= last.desired and managed * 2 >= last.observed, "a collapse"
     assert plan.blocked == any(a.blocked_by in BLAST_RADIUS_GUARDS for a in plan.actions)
 
 
