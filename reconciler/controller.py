@@ -9,9 +9,9 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import anyio
@@ -92,6 +92,24 @@ def duplicate_client_names(reads: Sequence[ServerRead]) -> list[ServerRead]:
         else read
         for read in reads
     ]
+
+
+def for_leader(plan: Plan, led: Collection[str], *, global_leader: bool) -> Plan:
+    """The part of a plan this replica may carry out: actions and drift on the servers it leads;
+    decisions that belong to no server (`missing`, a duplicate row nobody lists) go to the leader
+    of the first server, so that exactly one replica makes them."""
+
+    def ours(server: str) -> bool:
+        return server in led if server else global_leader
+
+    actions = tuple(a for a in plan.actions if ours(a.server))
+    return replace(
+        plan,
+        drift=tuple(d for d in plan.drift if ours(d.server)),
+        actions=actions,
+        degraded_servers=frozenset(s for s in plan.degraded_servers if s in led),
+        blocked=any(a.blocked_by in BLAST_RADIUS_GUARDS for a in actions),
+    )
 
 
 class Controller:
@@ -209,13 +227,17 @@ class Controller:
 
         want_live = {d.instance_name for d in result.desired.instances} | {
             m.instance_name for m in memory.instances.values() if m.orphan_streak > 0}
-        reads: list[ServerRead] = [ServerReadError(s, "read_observed", "not read") for s in led]
+        # Every server is read, led or not: `missing` and the duplicates are judged across all
+        # of them. Only the servers this replica leads are acted on.
+        everyone = tuple(self.clients)
+        reads: list[ServerRead] = [ServerReadError(s, "read_observed", "not read")
+                                   for s in everyone]
 
         async def read_one(i: int, server: str) -> None:
             reads[i] = await self.clients[server].read(want_live=want_live)
 
         async with anyio.create_task_group() as tg:
-            for i, server in enumerate(led):
+            for i, server in enumerate(everyone):
                 tg.start_soon(read_one, i, server)
         result.reads = tuple(duplicate_client_names(reads))
         for read in result.reads:
@@ -224,7 +246,8 @@ class Controller:
                 log.error("server read failed", server=read.server, error=read.error,
                           operator_must_fix=read.operator_error)
 
-        result.plan = planner.plan(result.desired, result.reads, memory, policy, now)
+        full_plan = planner.plan(result.desired, result.reads, memory, policy, now)
+        result.plan = for_leader(full_plan, led, global_leader=min(everyone) in led)
         if not record:
             return self._finish(result, started)
 
@@ -282,7 +305,7 @@ class Controller:
                 server=server, result="success" if ok else "error").inc()
             if ok:
                 self.metrics.last_success_timestamp_seconds.labels(server=server).set(time.time())
-        if result.servers and not failed_servers:
+        if result.servers and not failed_servers & set(result.servers):
             self.health.ready = True
         self._log_summary(result)
         if self.on_pass is not None:
@@ -296,13 +319,14 @@ class Controller:
         if result.plan is None:
             return
         counts = result.plan.drift_counts()
-        read_ok = {r.server for r in result.reads if isinstance(r, ServerInventory)}
+        read_ok = {r.server for r in result.reads
+                   if isinstance(r, ServerInventory) and r.server in result.servers}
         for server in read_ok | ({""} if any(s == "" for s, _ in counts) else set()):
             for kind in DriftKind:
                 self.metrics.drift_instances.labels(server=server, kind=kind.value).set(
                     counts.get((server, kind), 0))
         for read in result.reads:
-            if not isinstance(read, ServerInventory):
+            if not isinstance(read, ServerInventory) or read.server not in result.servers:
                 continue
             pattern = self.settings.managed_pattern
             by_state = dict.fromkeys(LiveState, 0)
