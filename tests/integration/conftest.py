@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,7 +18,10 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
+from reconciler.cli import open_controller
+from reconciler.controller import Controller
 from reconciler.evolution.simulator import Simulator
+from reconciler.settings import load_settings
 from tests.conftest import DbNames
 
 API_KEY = "test-global-key-7f3a9c"
@@ -137,6 +141,16 @@ class Env:
 async def env(database_url: str, redis_url: str, db_names: DbNames, channel: str,
               sim: Simulator) -> Env:
     return Env(database_url, redis_url, db_names, channel, sim)
+
+
+@asynccontextmanager
+async def controller_for(env: Env, sim: Simulator, **overrides: str) -> AsyncIterator[Controller]:
+    """An in-process controller in enforce mode, leading every server, against `sim`."""
+    environ = env.environ(RECONCILER_MODE="enforce", RECONCILER_ORPHAN_CONFIRMATIONS="1",
+                          RECONCILER_EVOLUTION_URL=sim.url, **overrides)
+    settings = load_settings({k: v for k, v in environ.items() if k.startswith("RECONCILER_")})
+    async with open_controller(settings) as controller, controller.leading():
+        yield controller
 
 
 class EventTap:

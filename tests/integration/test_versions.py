@@ -4,29 +4,15 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import pytest
 
-from reconciler.cli import open_controller
-from reconciler.controller import Controller
 from reconciler.evolution.simulator import VERSIONS, Simulator
-from reconciler.settings import load_settings
 from tests.conftest import DbNames
-from tests.integration.conftest import API_KEY, Env, EventTap, clinic_name
+from tests.integration.conftest import API_KEY, Env, EventTap, clinic_name, controller_for
 
 PHONE = "5511988887777@s.whatsapp.net"
-
-
-@asynccontextmanager
-async def controller_for(env: Env, sim: Simulator, **overrides: str) -> AsyncIterator[Controller]:
-    environ = env.environ(RECONCILER_MODE="enforce", RECONCILER_ORPHAN_CONFIRMATIONS="1",
-                          RECONCILER_EVOLUTION_URL=sim.url, **overrides)
-    settings = load_settings({k: v for k, v in environ.items() if k.startswith("RECONCILER_")})
-    async with open_controller(settings) as controller, controller.leading():
-        yield controller
 
 
 @pytest.mark.parametrize("version", VERSIONS)
