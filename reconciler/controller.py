@@ -67,10 +67,8 @@ class PassResult:
 
     @property
     def blocked(self) -> bool:
-        return any(
-            outcome is Outcome.BLOCKED and action.blocked_by in BLAST_RADIUS_GUARDS
-            for action, outcome, _ in self.report.outcomes
-        ) or (self.plan is not None and self.plan.blocked and not self.report.outcomes)
+        """A blast-radius guard held a deletion or a missing mark back (exit code 3)."""
+        return self.plan is not None and self.plan.blocked
 
 
 def duplicate_client_names(reads: Sequence[ServerRead]) -> list[ServerRead]:

@@ -4,6 +4,7 @@ judged together for what spans servers (SPEC sections 3 and 7)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -15,7 +16,7 @@ from reconciler.controller import Controller
 from reconciler.evolution.simulator import Simulator
 from reconciler.settings import load_settings
 from tests.conftest import DbNames
-from tests.integration.conftest import API_KEY, Env, clinic_name
+from tests.integration.conftest import API_KEY, Env, EventTap, clinic_name
 
 
 @asynccontextmanager
@@ -118,3 +119,22 @@ async def test_split_leadership_acts_per_server_and_judges_across_all(
         assert [(a.instance_name, o.value) for a, o, _ in result.report.outcomes] == [
             (orphan_b, "ok")]
         assert orphan_b not in b.names()
+
+
+async def test_one_name_on_two_servers_is_flagged_not_deleted(
+        database_url: str, redis_url: str, db_names: DbNames, channel: str,
+        tmp_path: Path, events: EventTap) -> None:
+    async with two_servers(("evo-a", "evo-b")) as (a, b):
+        env = Env(database_url, redis_url, db_names, channel, a)
+        name = clinic_name()
+        a.add(name, state="open", owner_jid="5511900000005@s.whatsapp.net")
+        b.add(name, state="close")
+        await env.add_row(name)
+        proc = await once(env, write_config(tmp_path, a, b))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        out = json.loads(proc.stdout)
+        assert {(d["server"], d["kind"]) for d in out["drift"] if d["instance_name"] == name} \
+            == {("br-1", "duplicate_name"), ("br-2", "duplicate_name")}
+        assert [(e["type"], e["reason"]) for e in await events.drain(expect=1)] == [
+            ("instance.duplicate", "duplicate_name")]
+        assert name in a.names() and name in b.names()
