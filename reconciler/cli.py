@@ -14,8 +14,7 @@ from reconciler import __version__
 from reconciler.controller import Controller
 from reconciler.events import EventPublisher
 from reconciler.evolution.client import EvolutionClient
-from reconciler.evolution.errors import EvolutionError
-from reconciler.model import Mode
+from reconciler.model import Mode, ServerInventory
 from reconciler.observability import Health, Metrics, configure_logging
 from reconciler.output import render_json, render_table
 from reconciler.settings import Settings, SettingsError, load_settings, redact
@@ -156,13 +155,15 @@ async def cmd_check(settings: Settings) -> int:
                 ok = False
                 lines.append(f"redis: FAILED {exc}")
             for name, client in controller.clients.items():
-                try:
-                    names = await client.list_names()
-                    lines.append(f"server {name}: ok ({client.api_line}, clientName "
-                                 f"{client.client_name!r}, {len(names)} instances)")
-                except EvolutionError as exc:
+                read = await client.read()
+                if isinstance(read, ServerInventory):
+                    lines.append(f"server {name}: ok ({read.api_line} {read.version or ''}, "
+                                 f"clientName {read.client_name!r}, "
+                                 f"{len(read.instances)} instances)")
+                else:
                     ok = False
-                    lines.append(f"server {name}: FAILED {exc}")
+                    fix = " (the operator must fix this)" if read.operator_error else ""
+                    lines.append(f"server {name}: FAILED {read.error}{fix}")
     except StoreError as exc:
         ok = False
         lines.append(f"database: FAILED {exc}")

@@ -1,0 +1,42 @@
+"""Metrics exist from the first scrape; health follows the loop's ticks."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from reconciler.model import DriftKind, Guard
+from reconciler.observability import Health, Metrics
+
+
+def samples(metrics: Metrics) -> dict[str, list[dict[str, str]]]:
+    found: dict[str, list[dict[str, str]]] = {}
+    for family in text_string_to_metric_families(metrics.exposition().decode()):
+        for sample in family.samples:
+            found.setdefault(sample.name, []).append(sample.labels)
+    return found
+
+
+def test_every_series_that_can_exist_is_exported_from_the_start() -> None:
+    found = samples(Metrics(["br-1", "br-2"]))
+    drift = {(s["server"], s["kind"]) for s in found["evolution_reconciler_drift_instances"]}
+    assert drift == {(server, k.value) for server in ("br-1", "br-2") for k in DriftKind}
+    guards = {s["guard"] for s in found["evolution_reconciler_guard_blocked_total"]}
+    assert guards == {g.value for g in Guard}
+    assert len(found["evolution_reconciler_actions_total"]) == 2 * 4 * 4
+    for name in ("desired_instances", "invalid_rows", "outbox_pending", "build_info",
+                 "leader", "server_degraded", "last_success_timestamp_seconds",
+                 "reconcile_total", "reconcile_errors_total", "events_published_total",
+                 "reconcile_duration_seconds_count", "observed_instances"):
+        assert f"evolution_reconciler_{name}" in found, name
+
+
+def test_health_fails_when_the_loop_stops_ticking() -> None:
+    health = Health(interval_seconds=0.0)
+    assert health.alive()
+    health.tick()
+    assert health.alive()
+    health.last_tick = time.monotonic() - 16
+    assert not health.alive()
+    assert not health.ready
