@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -191,7 +192,9 @@ async def _demo(tmp: str, interval: float, until_converged: bool, timeout: float
             return await _converge(settings, sim, inc, dsn, redis_url, port,
                                    until_converged, timeout)
     finally:
+        socket_dir = os.path.dirname(rds.socket_file)
         rds.shutdown()
+        shutil.rmtree(socket_dir, ignore_errors=True)
         pg.cleanup()
 
 
@@ -218,9 +221,22 @@ async def _converge(settings: Any, sim: Simulator, inc: Incident, dsn: str, redi
         controller.on_pass = _print_pass
         stop = anyio.Event()
         tg.start_soon(controller.run_forever, stop)
-        step = 0
+        interrupted = anyio.Event()
+
+        async def on_signals() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    interrupted.set()
+                    return
+
+        tg.start_soon(on_signals)
+        step, code = 0, 0
         while True:
-            await anyio.sleep(settings.interval_seconds)
+            with anyio.move_on_after(settings.interval_seconds):
+                await interrupted.wait()
+            if interrupted.is_set():
+                _say("stopping; removing the embedded stack")
+                break
             step += 1
             await _story(step, sim, inc, dsn)
             if until_converged and _converged(sim, inc, seen):
@@ -229,14 +245,12 @@ async def _converge(settings: Any, sim: Simulator, inc: Incident, dsn: str, redi
                 break
             if deadline is not None and time.monotonic() > deadline:
                 _say("did not converge in time")
-                stop.set()
-                server.should_exit = True
-                tg.cancel_scope.cancel()
-                return 1
+                code = 1
+                break
         stop.set()
         server.should_exit = True
         tg.cancel_scope.cancel()
-    return 0
+    return code
 
 
 async def _story(step: int, sim: Simulator, inc: Incident, dsn: str) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 
 def test_demo_converges_on_the_embedded_stack() -> None:
@@ -20,3 +22,23 @@ def test_demo_converges_on_the_embedded_stack() -> None:
     assert "event instance.disconnected" in out and "reason=device_removed" in out
     assert "event instance.connected" in out
     assert "/metrics" in out
+
+
+def test_ctrl_c_stops_the_demo_and_removes_the_embedded_stack(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILER_")}
+    env["TMPDIR"] = str(tmp_path)
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "demo", "--interval", "1"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert demo.stdout is not None
+    for line in demo.stdout:
+        if " pass: " in line:
+            break
+    demo.send_signal(signal.SIGINT)
+    out, _ = demo.communicate(timeout=60)
+    assert demo.returncode == 0, out
+    assert "removing the embedded stack" in out
+    # Only pgserver's shared lock file may stay (under the runtime folder it shares).
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith("runtime-")] == []
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
+    assert str(tmp_path) not in ps.stdout
