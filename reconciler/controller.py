@@ -284,6 +284,7 @@ class Controller:
     async def publish_outbox(self, result: PassResult | None = None) -> None:
         try:
             await relay_outbox(self.store, self.publisher, self.metrics)
+            await self.store.prune_outbox()
         except Exception as exc:  # Redis or the database: the outbox keeps the events
             log.warning("publishing events failed; they stay in the outbox", error=str(exc))
             if result is not None:

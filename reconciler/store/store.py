@@ -490,6 +490,14 @@ class Store:
                 f"UPDATE {self._names.own}.outbox SET published_at = now()"
                 " WHERE id = ANY($1::bigint[]) AND published_at IS NULL", list(ids))
 
+    async def prune_outbox(self, keep_seconds: float = 7 * 86400) -> int:
+        """Forget events published longer ago than `keep_seconds` (the audit log keeps the
+        record of every action; the outbox only has to outlive a Redis outage)."""
+        async with self._transaction("pruning the outbox") as conn:
+            return _count(await conn.execute(
+                f"DELETE FROM {self._names.own}.outbox WHERE published_at IS NOT NULL"
+                " AND published_at < now() - make_interval(secs => $1)", keep_seconds))
+
     async def outbox_pending(self) -> int:
         async with self._snapshot("counting the outbox") as conn:
             count = await conn.fetchval(

@@ -185,3 +185,15 @@ async def test_a_failure_mid_batch_keeps_what_was_published_and_the_order(
         await good.aclose()
     assert await _received(subscriber, 5) == [json.dumps(e) for e in events]
     assert await subscriber.get_message(ignore_subscribe_messages=True, timeout=0.2) is None
+
+
+async def test_published_events_are_pruned_after_the_retention_pending_never(
+    store: Store,
+) -> None:
+    await _decide(store, 3)
+    [first, *_] = await store.pending_events()
+    await store.mark_published([first.id])
+    assert await store.prune_outbox(keep_seconds=3600) == 0
+    assert await store.prune_outbox(keep_seconds=0) == 1
+    assert await store.outbox_pending() == 2
+    assert [e.id for e in await store.pending_events()] == [first.id + 1, first.id + 2]
