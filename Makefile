@@ -29,4 +29,6 @@ unit: $(VENV)/.installed
 test: lint typecheck deploy-checks unit
 
 bench: $(VENV)/.installed
-	$(PY) benchmarks/bench_pass.py
+	$(PY) benchmarks/bench_pass.py --instances 1000
+	$(PY) benchmarks/bench_pass.py --instances 10000
+	$(PY) benchmarks/bench_read.py

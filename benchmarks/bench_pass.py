@@ -1,11 +1,13 @@
-"""Time one reconcile pass over N simulated instances (real PostgreSQL, Redis, HTTP).
+"""Time whole reconcile passes over N simulated instances (real PostgreSQL, Redis, HTTP).
 
-    python benchmarks/bench_pass.py [--instances 1000] [--metrics | --probes]
+    python benchmarks/bench_pass.py [--instances 1000] [--probes]
 
-Uses the machine's PostgreSQL/Redis on their default ports (or RECONCILER_TEST_DATABASE_URL /
-RECONCILER_TEST_REDIS_URL); seeds N instances, 95% of them desired and connected, 5% orphans.
-Prints the wall time of the first pass (cold: memory empty) and of the second (warm), the number
-of Evolution requests, and the peak Python memory.
+The simulator runs in its own process, as a real server would (`--seed N`: 60% open, 20% closed
+by a 401, 20% never paired). The integrations table gets a row for 95% of them, with the status
+the platform would have; the other 5% are orphans. Uses the machine's PostgreSQL/Redis (or
+RECONCILER_TEST_DATABASE_URL / RECONCILER_TEST_REDIS_URL). Prints the wall time of a cold pass
+(empty memory), of a warm one, the Evolution requests each made, and the peak Python memory of a
+third pass traced with tracemalloc (tracing slows it, so it is timed apart).
 """
 
 from __future__ import annotations
@@ -13,70 +15,102 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
+import subprocess
+import sys
 import time
 import tracemalloc
 import uuid
-from datetime import UTC, datetime, timedelta
 from importlib import resources
 
 import anyio
 import asyncpg
+import httpx
 
 from reconciler.cli import open_controller
-from reconciler.evolution.simulator import Simulator
 from reconciler.observability import configure_logging
 from reconciler.settings import load_settings
+
+KEY = "bench-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def requests_total(metrics_text: str) -> float:
+    """Evolution calls so far, from the daemon's own counter."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics_text.splitlines()
+               if line.startswith("evolution_reconciler_evolution_requests_total{"))
 
 
 async def bench(instances: int, metrics_enabled: bool) -> None:
     dsn = os.environ.get("RECONCILER_TEST_DATABASE_URL",
                          "postgresql://postgres@127.0.0.1:5432/test")
     redis_url = os.environ.get("RECONCILER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    port = free_port()
+    args = [sys.executable, "-m", "reconciler.evolution.simulator", "--port", str(port),
+            "--api-key", KEY, "--seed", str(instances)]
+    sim = subprocess.Popen(args + (["--metrics"] if metrics_enabled else []),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
     suffix = uuid.uuid4().hex[:8]
     app_schema, own_schema = f"bench_hc_{suffix}", f"bench_rec_{suffix}"
     conn = await asyncpg.connect(dsn)
-    sql = resources.files("reconciler").joinpath("sql/integrations.sql").read_text()
-    await conn.execute(f'CREATE SCHEMA "{app_schema}"')
-    await conn.execute(sql.replace("CREATE SCHEMA IF NOT EXISTS healthcare;", "")
-                       .replace("healthcare.", f'"{app_schema}".'))
-    sim = Simulator(api_key="bench", version="2.3.6", metrics_enabled=metrics_enabled)
-    now = datetime.now(UTC)
-    rows = []
-    for i in range(instances):
-        org = uuid.uuid4()
-        name = f"clinic-{org}-{int((now - timedelta(days=1)).timestamp() * 1000) + i}"
-        sim.add(name, state="open", owner_jid=f"55119{i:08d}@s.whatsapp.net",
-                created_at=now - timedelta(days=1))
-        if i % 20:
-            rows.append((org, json.dumps({"instance_name": name})))
-    await conn.executemany(
-        f'INSERT INTO "{app_schema}".integrations (organization_id, type, provider, status,'
-        " config) VALUES ($1, 'whatsapp', 'evolution', 'connected', $2::jsonb)", rows)
     try:
-        async with sim:
-            settings = load_settings({
-                "RECONCILER_DATABASE_URL": dsn, "RECONCILER_REDIS_URL": redis_url,
-                "RECONCILER_EVOLUTION_URL": sim.url, "RECONCILER_EVOLUTION_API_KEY": "bench",
-                "RECONCILER_INTEGRATIONS_TABLE": f"{app_schema}.integrations",
-                "RECONCILER_SCHEMA": own_schema, "RECONCILER_LOG_LEVEL": "error",
-                "RECONCILER_EVENTS_CHANNEL": f"bench-{suffix}",
-            })
-            configure_logging("console", "error")
-            async with open_controller(settings) as controller, controller.leading():
-                for label in ("first pass (cold)", "second pass (warm)"):
-                    before = len(sim.requests)
+        async with httpx.AsyncClient(base_url=url, headers={"apikey": KEY}, timeout=120) as http:
+            with anyio.fail_after(60):
+                while True:
+                    try:
+                        listing = (await http.get("/instance/fetchInstances")).json()
+                        break
+                    except httpx.TransportError:
+                        await anyio.sleep(0.1)
+        sql = resources.files("reconciler").joinpath("sql/integrations.sql").read_text()
+        await conn.execute(f'CREATE SCHEMA "{app_schema}"')
+        await conn.execute(sql.replace("CREATE SCHEMA IF NOT EXISTS healthcare;", "")
+                           .replace("healthcare.", f'"{app_schema}".'))
+        status = {"open": "connected", "close": "disconnected", "connecting": "pending"}
+        rows = [(uuid.uuid4(), status[i["connectionStatus"]],
+                 "logged_out" if i["connectionStatus"] == "close" else None,
+                 json.dumps({"instance_name": i["name"]}))
+                for n, i in enumerate(listing) if n % 20]
+        await conn.executemany(
+            f'INSERT INTO "{app_schema}".integrations (organization_id, type, provider, status,'
+            " disconnect_reason, config) VALUES ($1, 'whatsapp', 'evolution', $2, $3, $4::jsonb)",
+            rows)
+        settings = load_settings({
+            "RECONCILER_DATABASE_URL": dsn, "RECONCILER_REDIS_URL": redis_url,
+            "RECONCILER_EVOLUTION_URL": url, "RECONCILER_EVOLUTION_API_KEY": KEY,
+            "RECONCILER_INTEGRATIONS_TABLE": f"{app_schema}.integrations",
+            "RECONCILER_SCHEMA": own_schema, "RECONCILER_EVENTS_CHANNEL": f"bench-{suffix}",
+        })
+        configure_logging("console", "error")
+        print(f"{len(listing)} instances listed, {len(rows)} desired rows, live state from "
+              f"{'/metrics' if metrics_enabled else 'connectionState probes'}")
+        async with open_controller(settings) as controller, controller.leading():
+            for label in ("cold pass", "warm pass", "traced pass"):
+                before = requests_total(controller.metrics.exposition().decode())
+                if label == "traced pass":
                     tracemalloc.start()
-                    started = time.perf_counter()
-                    result = await controller.run_pass()
-                    elapsed = time.perf_counter() - started
+                started = time.perf_counter()
+                result = await controller.run_pass()
+                elapsed = time.perf_counter() - started
+                made = requests_total(controller.metrics.exposition().decode()) - before
+                line = (f"{label}: {elapsed * 1000:.0f} ms, {made:.0f} Evolution requests, "
+                        f"{len(result.plan.drift) if result.plan else 0} drift entries, "
+                        f"{len(result.report.outcomes)} actions audited, errors={result.errors}")
+                if label == "traced pass":
                     _, peak = tracemalloc.get_traced_memory()
                     tracemalloc.stop()
-                    drift = len([d for d in result.plan.drift]) if result.plan else 0
-                    print(f"{label}: {elapsed * 1000:.0f} ms, {len(sim.requests) - before} "
-                          f"Evolution requests, peak traced memory {peak / 2**20:.1f} MiB, "
-                          f"{drift} drift entries, errors={result.errors}")
+                    line += f", peak Python memory {peak / 2**20:.1f} MiB"
+                print(line)
     finally:
-        await conn.execute(f'DROP SCHEMA "{app_schema}" CASCADE')
+        sim.terminate()
+        sim.wait(timeout=10)
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{app_schema}" CASCADE')
         await conn.execute(f'DROP SCHEMA IF EXISTS "{own_schema}" CASCADE')
         await conn.close()
 
@@ -85,10 +119,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--instances", type=int, default=1000)
     parser.add_argument("--probes", action="store_true",
-                        help="server without /metrics: live state from connectionState probes")
+                        help="a server without /metrics: live state from connectionState probes")
     args = parser.parse_args()
-    print(f"{args.instances} instances, live state from "
-          f"{'connectionState probes' if args.probes else '/metrics'}")
     anyio.run(bench, args.instances, not args.probes)
 
 

@@ -59,12 +59,14 @@ class Executor:
     async def execute(self, plan: Plan, now: datetime) -> ExecutionReport:
         report = ExecutionReport()
         deletes: dict[str, list[Action]] = {}
+        held = [(a, o) for a in plan.actions if (o := self._held(a)) is not None]
+        await self.store.record_many([(a, o, self._lease(a.server)) for a, o in held])
+        for action, outcome in held:
+            self._done(report, action, outcome, None)
         for action in plan.actions:
-            if action.blocked_by is not None:
-                await self._audit(report, action, Outcome.BLOCKED)
-            elif self.mode is Mode.DRY_RUN:
-                await self._audit(report, action, Outcome.DRY_RUN)
-            elif action.kind is ActionKind.DELETE:
+            if self._held(action) is not None:
+                continue
+            if action.kind is ActionKind.DELETE:
                 deletes.setdefault(action.server, []).append(action)
             elif action.kind is ActionKind.FLAG:
                 await self._audit(report, action, Outcome.OK, event=self._event(action, now))
@@ -73,6 +75,12 @@ class Executor:
         for server, actions in deletes.items():
             await self._delete_all(report, server, actions, now)
         return report
+
+    def _held(self, action: Action) -> Outcome | None:
+        """Audited only: blocked by a guard, or planned in dry run."""
+        if action.blocked_by is not None:
+            return Outcome.BLOCKED
+        return Outcome.DRY_RUN if self.mode is Mode.DRY_RUN else None
 
     def _lease(self, server: str) -> LeaseToken | None:
         return self.leases.get(server) or next(iter(self.leases.values()), None)
@@ -111,6 +119,10 @@ class Executor:
         await self.store.record(
             action, outcome, error=error, event=event, lease=self._lease(action.server)
         )
+        self._done(report, action, outcome, error)
+
+    def _done(self, report: ExecutionReport, action: Action, outcome: Outcome,
+              error: str | None) -> None:
         self._count(action, outcome)
         report.outcomes.append((action, outcome, error))
         log.info(

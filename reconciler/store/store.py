@@ -331,6 +331,24 @@ class Store:
         async with self._transaction("recording an action", leases) as conn:
             await self._audit(conn, action, outcome, error, event, lease)
 
+    async def record_many(
+        self,
+        entries: Sequence[tuple[Action, Outcome, LeaseToken | None]],
+    ) -> None:
+        """Audit many actions that publish nothing (blocked, dry run) in one transaction: a dry
+        run over a large fleet must not cost a transaction per instance."""
+        if not entries:
+            return
+        leases = list({lease for _, _, lease in entries if lease is not None})
+        async with self._transaction("recording actions", leases) as conn:
+            await conn.executemany(
+                f"INSERT INTO {self._names.own}.audit_log (server, instance_name,"
+                " organization_id, row_id, action, reason, guard, outcome, epoch)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                [(a.server, a.instance_name, a.organization_id, a.row_id, a.kind.value, a.reason,
+                  a.blocked_by.value if a.blocked_by else None, outcome.value,
+                  lease.epoch if lease else None) for a, outcome, lease in entries])
+
     async def _audit(
         self,
         conn: Conn,
