@@ -30,20 +30,30 @@ class UsageError(Exception):
 
 
 @asynccontextmanager
+async def open_store(settings: Settings, *, require_table: bool = True) -> AsyncIterator[Store]:
+    """The database, its own schema migrated, and (by default) the integrations table checked."""
+    store = await Store.connect(settings.database_url,
+                                integrations_table=settings.integrations_table,
+                                schema=settings.schema)
+    try:
+        await store.migrate()
+        if require_table:
+            try:
+                await store.check_integrations_table()
+            except IntegrationsTableMissing as exc:
+                raise UsageError(f"RECONCILER_INTEGRATIONS_TABLE: {exc}") from exc
+        yield store
+    finally:
+        await store.close()
+
+
+@asynccontextmanager
 async def open_controller(settings: Settings, *, metrics: Metrics | None = None,
                           health: Health | None = None) -> AsyncIterator[Controller]:
     """Connect every adapter, migrate the own schema, and close everything on the way out."""
     metrics = metrics or Metrics([s.name for s in settings.servers])
     async with AsyncExitStack() as stack:
-        store = await Store.connect(settings.database_url,
-                                    integrations_table=settings.integrations_table,
-                                    schema=settings.schema)
-        stack.push_async_callback(store.close)
-        await store.migrate()
-        try:
-            await store.check_integrations_table()
-        except IntegrationsTableMissing as exc:
-            raise UsageError(f"RECONCILER_INTEGRATIONS_TABLE: {exc}") from exc
+        store = await stack.enter_async_context(open_store(settings))
         clients = {}
         for server in settings.servers:
             client = EvolutionClient(server, timeout=settings.http_timeout_seconds,
@@ -113,30 +123,14 @@ async def cmd_run(settings: Settings) -> int:
 
 
 async def cmd_migrate(settings: Settings) -> int:
-    store = await Store.connect(settings.database_url,
-                                integrations_table=settings.integrations_table,
-                                schema=settings.schema)
-    try:
-        await store.migrate()
-    finally:
-        await store.close()
-    print(f"schema {settings.schema} is up to date")
+    async with open_store(settings, require_table=False):
+        print(f"schema {settings.schema} is up to date")
     return EXIT_OK
 
 
 async def cmd_install_trigger(settings: Settings) -> int:
-    store = await Store.connect(settings.database_url,
-                                integrations_table=settings.integrations_table,
-                                schema=settings.schema)
-    try:
-        await store.migrate()
-        try:
-            await store.check_integrations_table()
-        except IntegrationsTableMissing as exc:
-            raise UsageError(f"RECONCILER_INTEGRATIONS_TABLE: {exc}") from exc
+    async with open_store(settings) as store:
         await store.install_trigger()
-    finally:
-        await store.close()
     print(f"deletion trigger installed on {settings.integrations_table}")
     return EXIT_OK
 
