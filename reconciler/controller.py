@@ -317,10 +317,13 @@ class Controller:
             self.metrics.invalid_rows.set(result.desired.invalid_rows)
         if result.plan is None:
             return
-        counts = result.plan.drift_counts()
+        counts: dict[tuple[str, DriftKind], int] = {}
+        for drift in result.plan.drift:
+            key = (self.metrics.server_label(drift.server), drift.kind)
+            counts[key] = counts.get(key, 0) + 1
         read_ok = {r.server for r in result.reads
                    if isinstance(r, ServerInventory) and r.server in result.servers}
-        for server in read_ok | ({""} if any(s == "" for s, _ in counts) else set()):
+        for server in read_ok:
             for kind in DriftKind:
                 self.metrics.drift_instances.labels(server=server, kind=kind.value).set(
                     counts.get((server, kind), 0))

@@ -98,13 +98,14 @@ class Executor:
         )
 
     def _count(self, action: Action, outcome: Outcome) -> None:
+        server = self.metrics.server_label(action.server)
         if action.kind in METERED_ACTIONS:
             self.metrics.actions_total.labels(
-                server=action.server, action=action.kind.value, outcome=outcome.value
+                server=server, action=action.kind.value, outcome=outcome.value
             ).inc()
         if outcome is Outcome.BLOCKED and action.blocked_by is not None:
             self.metrics.guard_blocked_total.labels(
-                server=action.server, guard=action.blocked_by.value
+                server=server, guard=action.blocked_by.value
             ).inc()
 
     async def _audit(

@@ -289,9 +289,3 @@ class Plan:
     degraded_servers: frozenset[str] = frozenset()
     blocked: bool = False
     """A blast-radius guard held a deletion back (exit code 3)."""
-
-    def drift_counts(self) -> dict[tuple[str, DriftKind], int]:
-        counts: dict[tuple[str, DriftKind], int] = {}
-        for d in self.drift:
-            counts[(d.server, d.kind)] = counts.get((d.server, d.kind), 0) + 1
-        return counts

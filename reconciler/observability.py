@@ -90,8 +90,15 @@ class Metrics:
         self.build_info.labels(version=__version__).set(1)
         for t in EventType:
             self.events_published_total.labels(type=t.value)
+        servers = list(servers)
+        self.first_server = min(servers, default="")
         for server in servers:
             self.add_server(server)
+
+    def server_label(self, server: str) -> str:
+        """The `server` label of a drift or action: what belongs to no server (`missing`) is
+        reported under the first server by name, whose leader decides it."""
+        return server or self.first_server
 
     def add_server(self, server: str) -> None:
         for kind in DriftKind:

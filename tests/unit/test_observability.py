@@ -40,3 +40,9 @@ def test_health_fails_when_the_loop_stops_ticking() -> None:
     health.last_tick = time.monotonic() - 16
     assert not health.alive()
     assert not health.ready
+
+
+def test_what_belongs_to_no_server_is_reported_under_the_first_one() -> None:
+    metrics = Metrics(["br-2", "br-1"])
+    assert metrics.server_label("") == "br-1"
+    assert metrics.server_label("br-2") == "br-2"
