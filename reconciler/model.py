@@ -13,6 +13,10 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from uuid import UUID
 
+MAX_INSTANCE_NAME = 255
+"""Evolution v2 stores names as VarChar(255). A longer name is no instance the platform made: a
+row naming one is invalid, and an instance listed under one is never managed (never touched)."""
+
 
 class Mode(StrEnum):
     DRY_RUN = "dry_run"

@@ -13,6 +13,7 @@ from datetime import datetime
 from uuid import UUID
 
 from reconciler.model import (
+    MAX_INSTANCE_NAME,
     DesiredInstance,
     DesiredState,
     Drift,
@@ -30,7 +31,7 @@ Key = tuple[str, str]
 
 
 def is_managed(policy: Policy, name: str) -> bool:
-    return policy.managed_pattern.fullmatch(name) is not None
+    return len(name) <= MAX_INSTANCE_NAME and policy.managed_pattern.fullmatch(name) is not None
 
 
 def is_protected(policy: Policy, name: str) -> bool:

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 from uuid import UUID
 
 from reconciler.model import (
+    MAX_INSTANCE_NAME,
     Action,
     ActionKind,
     DesiredInstance,
@@ -66,6 +67,9 @@ def desired_from_row(row: Row) -> DesiredInstance | InvalidRow:
         return InvalidRow(row_id, f"config.instance_name is not a string but {type(name).__name__}")
     if not name.strip():
         return InvalidRow(row_id, "config.instance_name is empty")
+    if len(name) > MAX_INSTANCE_NAME:
+        return InvalidRow(row_id, f"config.instance_name is longer than {MAX_INSTANCE_NAME}"
+                                  " characters")
     return DesiredInstance(
         id=row_id,
         organization_id=row["organization_id"],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from reconciler.model import MAX_INSTANCE_NAME
 from reconciler.store.names import SqlNames
 
 
@@ -118,7 +119,7 @@ BEGIN
        AND jsonb_typeof(OLD.config) = 'object'
        AND jsonb_typeof(OLD.config -> 'instance_name') = 'string' THEN
         name := OLD.config ->> 'instance_name';
-        IF btrim(name) <> '' THEN
+        IF btrim(name) <> '' AND length(name) <= {max_name} THEN
             INSERT INTO {own}.tombstones (instance_name, organization_id, deleted_at)
             VALUES (name, OLD.organization_id, now())
             ON CONFLICT (instance_name) DO UPDATE
@@ -147,4 +148,5 @@ def render(template: str, names: SqlNames) -> str:
         .replace("{table}", names.table)
         .replace("{trigger}", f'"{names.trigger_name}"')
         .replace("{channel}", f"'{names.tombstone_channel}'")
+        .replace("{max_name}", str(MAX_INSTANCE_NAME))
     )

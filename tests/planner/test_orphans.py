@@ -286,3 +286,13 @@ def test_a_name_whose_org_group_is_not_a_uuid_has_no_organization() -> None:
     assert only(deletes(plan)).organization_id is None
     assert isinstance(only(deletes(passes(2, rows(*KEPT), [busy_server(inst(name(1)))])))
                       .organization_id, UUID)
+
+
+def test_a_name_longer_than_evolution_allows_is_never_managed() -> None:
+    absurd = "clinic-00000000-0000-4000-8000-000000000000-" + "1" * 250
+    assert re.fullmatch(Policy().managed_pattern, absurd)
+    reads = [busy_server(inst(absurd))]
+    first = run(rows(*KEPT), reads)
+    second = run(rows(*KEPT), reads, first.memory, now=NOW + timedelta(hours=1))
+    assert drift_of(second, absurd) == {DriftKind.UNMANAGED}
+    assert deletes(second) == []

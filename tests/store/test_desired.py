@@ -45,7 +45,7 @@ async def test_broken_configs_are_counted_and_skipped(store: Store, app: App) ->
     for config in ("a string", ["clinic-x"], 42, True, {}, {"instance_name": ""},
                    {"instance_name": "   "}, {"instance_name": 123},
                    {"instance_name": None}, {"instance_name": ["clinic-x"]},
-                   {"instance_name": {"name": "clinic-x"}}):
+                   {"instance_name": {"name": "clinic-x"}}, {"instance_name": "c" * 256}):
         await app.insert(config=config)
     await app.conn.execute(
         f"INSERT INTO {app.table} (organization_id, type, provider, config)"
@@ -55,7 +55,7 @@ async def test_broken_configs_are_counted_and_skipped(store: Store, app: App) ->
     desired = await store.read_desired()
 
     assert [d.id for d in desired.instances] == [good]
-    assert desired.invalid_rows == 12
+    assert desired.invalid_rows == 13
 
 
 async def test_point_recheck(store: Store, app: App) -> None:

@@ -59,3 +59,12 @@ async def test_the_listener_ends_when_its_connection_is_lost(store: Store, app: 
         with anyio.fail_after(5):
             async for _ in names:
                 pass
+
+
+async def test_a_row_naming_no_possible_instance_leaves_no_tombstone(
+    store: Store, app: App
+) -> None:
+    await store.install_trigger()
+    too_long = await app.insert(instance_name="clinic-" + "9" * 300)
+    await app.conn.execute(f"DELETE FROM {app.table} WHERE id = $1", too_long)
+    assert await store.tombstones() == []
