@@ -66,7 +66,7 @@ def _open_tombstones(view: PassView) -> dict[str, Tombstone]:
     return {
         name: tombstone
         for name, tombstone in view.memory.tombstones.items()
-        if not view.is_desired(name) and (name in view.listed or not view.complete)
+        if not view.is_desired(name) and (view.is_listed(name) or not view.complete)
     }
 
 

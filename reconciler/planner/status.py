@@ -86,7 +86,7 @@ def decide_statuses(view: PassView) -> StatusDecision:
     strained: Counter[str] = Counter()
     rows = [r for r in view.desired if r.enabled and r.status in _TRACKED]
     for row in rows:
-        copies = view.copies.get(row.instance_name, ())
+        copies = view.copies_of(row.instance_name)
         if not copies:
             continue
         inst = next((c for c in copies if c.live is LiveState.OPEN), copies[0])
@@ -174,7 +174,7 @@ class _Missing:
 
 def _decide_missing(view: PassView, rows: list[DesiredInstance]) -> _Missing:
     """Absent from every server, judged only when every server was read completely."""
-    absent = sorted({r.instance_name for r in rows if r.instance_name not in view.listed})
+    absent = sorted({r.instance_name for r in rows if not view.is_listed(r.instance_name)})
     if not view.complete:
         known = view.memory.missing_streaks
         kept = {name: known[name] for name in absent if name in known}

@@ -296,3 +296,17 @@ def test_a_name_longer_than_evolution_allows_is_never_managed() -> None:
     second = run(rows(*KEPT), reads, first.memory, now=NOW + timedelta(hours=1))
     assert drift_of(second, absurd) == {DriftKind.UNMANAGED}
     assert deletes(second) == []
+
+
+def test_names_differing_only_by_surrounding_spaces_are_one_instance() -> None:
+    """Evolution 2.4 trims names at create; a row keeping the space still owns the instance."""
+    policy = replace(ENFORCE, managed_pattern=re.compile(r"^tenant-.*$"), orphan_confirmations=1,
+                     orphan_grace=timedelta(0))
+    kept = [f"tenant-{n}" for n in range(4)]
+    reads = [server("s1", inst("tenant-trimmed"), *(inst(n) for n in kept))]
+    state = rows("tenant-trimmed ", *kept)
+    plan = passes(3, state, reads, policy=policy)
+    assert deletes(plan) == []
+    assert plan.actions == ()
+    assert drift_of(plan, "tenant-trimmed") == set()
+    assert drift_of(plan, "tenant-trimmed ") == set()
