@@ -189,6 +189,12 @@ def _protected(value: object) -> object:
         if _PLAIN_NAME.match(entry):
             patterns.append(re.compile(f"^{re.escape(entry)}$"))
             continue
+        if entry.count("{") != entry.count("}"):
+            raise _Invalid(
+                f'"{entry}" has unbalanced braces: a comma inside a regular expression (as in'
+                " {2,4}) splits it in two; write the repetition out or list the entries as a"
+                " TOML array"
+            )
         try:
             patterns.append(re.compile(entry))
         except re.error as e:

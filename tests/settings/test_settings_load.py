@@ -206,6 +206,7 @@ def test_protected_plain_names_match_exactly_and_regexes_search() -> None:
          "must be a valid regular expression (missing ), unterminated subpattern"),
         ("RECONCILER_PROTECTED", "ok-name,[bad",
          '"[bad" is not a valid regular expression (unterminated character set'),
+        ("RECONCILER_PROTECTED", "^clinic-0{2,4}", '"^clinic-0{2" has unbalanced braces'),
         ("RECONCILER_INTEGRATIONS_TABLE", "integrations", "must be schema.table"),
         ("RECONCILER_INTEGRATIONS_TABLE", "a.b.c", "must be schema.table"),
         ("RECONCILER_INTEGRATIONS_TABLE", 'hc."x; drop"', "must be schema.table"),
