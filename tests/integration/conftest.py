@@ -82,11 +82,18 @@ class Env:
         assert proc.stdout, proc.stderr
         return proc.returncode, json.loads(proc.stdout)
 
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[asyncpg.Connection]:
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            yield conn
+        finally:
+            await conn.close()
+
     async def add_row(self, name: str | None, *, org: uuid.UUID | None = None,
                       status: str = "connected", enabled: bool = True,
                       config: Any = None) -> uuid.UUID:
-        conn = await asyncpg.connect(self.database_url)
-        try:
+        async with self.connect() as conn:
             cfg = config if config is not None else {"instance_name": name}
             row_id: uuid.UUID = await conn.fetchval(
                 f"INSERT INTO {self.names.integrations_table} (organization_id, type, provider,"
@@ -94,47 +101,30 @@ class Env:
                 " RETURNING id",
                 org or uuid.uuid4(), enabled, status, json.dumps(cfg))
             return row_id
-        finally:
-            await conn.close()
 
     async def row(self, row_id: uuid.UUID) -> asyncpg.Record:
-        conn = await asyncpg.connect(self.database_url)
-        try:
+        async with self.connect() as conn:
             record = await conn.fetchrow(
                 f"SELECT * FROM {self.names.integrations_table} WHERE id = $1", row_id)
             assert record is not None
             return record
-        finally:
-            await conn.close()
 
     async def all_rows(self) -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(self.database_url)
-        try:
+        async with self.connect() as conn:
             return list(await conn.fetch(
                 f"SELECT * FROM {self.names.integrations_table} ORDER BY id"))
-        finally:
-            await conn.close()
 
     async def audit(self) -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(self.database_url)
-        try:
+        async with self.connect() as conn:
             return await conn.fetch(f'SELECT * FROM "{self.names.schema}".audit_log ORDER BY id')
-        finally:
-            await conn.close()
 
     async def fetchval(self, query: str, *args: Any) -> Any:
-        conn = await asyncpg.connect(self.database_url)
-        try:
+        async with self.connect() as conn:
             return await conn.fetchval(query, *args)
-        finally:
-            await conn.close()
 
     async def sql(self, query: str, *args: Any) -> str:
-        conn = await asyncpg.connect(self.database_url)
-        try:
+        async with self.connect() as conn:
             return await conn.execute(query, *args)
-        finally:
-            await conn.close()
 
 
 @pytest.fixture
