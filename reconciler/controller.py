@@ -363,6 +363,16 @@ class Controller:
 
     # --- the daemon ---------------------------------------------------------------------------
 
+    async def _pass_that_never_stops_the_loop(self) -> None:
+        """A bug in one pass is logged and counted, and the next pass starts from fresh reads."""
+        try:
+            await self.run_pass()
+        except Exception:
+            log.exception("pass failed unexpectedly")
+            for server in self.leases:
+                self.metrics.reconcile_errors_total.labels(server=server, stage="apply").inc()
+                self.metrics.reconcile_total.labels(server=server, result="error").inc()
+
     async def run_forever(self, stop: anyio.Event) -> None:
         """Passes on a jittered timer and at once on a tombstone NOTIFY, until `stop` is set."""
         wake = anyio.Event()
@@ -385,7 +395,7 @@ class Controller:
                 wake = anyio.Event()  # a NOTIFY during the pass triggers the next one at once
                 self.health.tick()
                 with anyio.CancelScope(shield=True):
-                    await self.run_pass()
+                    await self._pass_that_never_stops_the_loop()
                 self.health.tick()
                 interval = self.settings.interval_seconds * random.uniform(0.9, 1.1)
                 with anyio.move_on_after(interval):

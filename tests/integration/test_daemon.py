@@ -8,10 +8,16 @@ import socket
 import subprocess
 import sys
 from datetime import timedelta
+from typing import Any
 
+import anyio
 import httpx
+import pytest
 
-from tests.integration.conftest import Env, EventTap, clinic_name
+from reconciler import planner
+from reconciler.evolution.simulator import Simulator
+from tests.conftest import DbNames
+from tests.integration.conftest import API_KEY, Env, EventTap, clinic_name, controller_for
 
 
 def free_port() -> int:
@@ -117,3 +123,38 @@ async def test_an_operators_once_acts_while_the_daemon_leads(env: Env) -> None:
         daemon.send_signal(signal.SIGTERM)
         _, stderr = daemon.communicate(timeout=20)
     assert daemon.returncode == 0, stderr[-2000:]
+
+
+async def test_a_bug_in_one_pass_does_not_stop_the_loop(
+        database_url: str, redis_url: str, db_names: DbNames, channel: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The planner is made to fail once (a bug cannot be made real); the next pass runs."""
+    async with Simulator(api_key=API_KEY) as sim:
+        env = Env(database_url, redis_url, db_names, channel, sim)
+        calls = 0
+        real_plan = planner.plan
+
+        def fails_once(*args: Any, **kwargs: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("a bug")
+            return real_plan(*args, **kwargs)
+
+        monkeypatch.setattr(planner, "plan", fails_once)
+        async with controller_for(env, sim, RECONCILER_INTERVAL_SECONDS="0.1") as controller:
+            success = controller.metrics.reconcile_total.labels(server="default",
+                                                                result="success")
+            stop = anyio.Event()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(controller.run_forever, stop)
+
+                async def passed() -> bool:
+                    return success._value.get() >= 1
+
+                await wait_for(passed, what="a pass after the failing one")
+                stop.set()
+            errors = controller.metrics.reconcile_errors_total.labels(server="default",
+                                                                      stage="apply")
+            assert errors._value.get() == 1
+            assert calls >= 2
