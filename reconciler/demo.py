@@ -218,7 +218,7 @@ async def _converge(settings: Any, sim: Simulator, inc: Incident, dsn: str, redi
         await controller.store.install_trigger()
         tg.start_soon(server.serve)
         tg.start_soon(_watch_events, redis_url, on_event)
-        controller.on_pass = _print_pass
+        controller.on_pass = PassPrinter()
         stop = anyio.Event()
         tg.start_soon(controller.run_forever, stop)
         interrupted = anyio.Event()
@@ -279,11 +279,28 @@ async def _story(step: int, sim: Simulator, inc: Incident, dsn: str) -> None:
             await conn.close()
 
 
-def _print_pass(result: PassResult) -> None:
-    drift: dict[str, int] = {}
-    for d in result.plan.drift if result.plan else ():
-        if d.kind is not DriftKind.UNMANAGED:
-            drift[d.kind.value] = drift.get(d.kind.value, 0) + 1
+@dataclass
+class PassPrinter:
+    """One line per pass while something happens; quiet passes are summed up, not repeated."""
+
+    quiet: int = 0
+
+    def __call__(self, result: PassResult) -> None:
+        drift: dict[str, int] = {}
+        for d in result.plan.drift if result.plan else ():
+            if d.kind is not DriftKind.UNMANAGED:
+                drift[d.kind.value] = drift.get(d.kind.value, 0) + 1
+        if not drift and not result.report.outcomes and not result.errors:
+            self.quiet += 1
+            if self.quiet == 1:
+                _say(f"pass: no drift ({result.duration * 1000:.0f} ms); quiet passes are not"
+                     " shown, Ctrl-C stops the demo")
+            return
+        self.quiet = 0
+        _print_pass(result, drift)
+
+
+def _print_pass(result: PassResult, drift: dict[str, int]) -> None:
     summary = ", ".join(f"{k}={v}" for k, v in sorted(drift.items())) or "none"
     _say(f"pass: drift {summary}; {len(result.report.outcomes)} actions"
          f" ({result.duration * 1000:.0f} ms)")
