@@ -22,7 +22,6 @@ from reconciler.events import EventPublisher, relay_outbox
 from reconciler.evolution.client import EvolutionClient
 from reconciler.executor import ExecutionReport, Executor
 from reconciler.model import (
-    BLAST_RADIUS_GUARDS,
     ActionKind,
     DeleteResult,
     DesiredState,
@@ -37,6 +36,7 @@ from reconciler.model import (
     ServerReadError,
 )
 from reconciler.observability import Health, Metrics
+from reconciler.planner.view import is_managed
 from reconciler.settings import Settings
 from reconciler.store import LeaseLost, LeaseToken, Store, StoreError
 
@@ -106,7 +106,6 @@ def for_leader(plan: Plan, led: Collection[str], *, global_leader: bool) -> Plan
         drift=tuple(d for d in plan.drift if ours(d.server)),
         actions=actions,
         degraded_servers=frozenset(s for s in plan.degraded_servers if s in led),
-        blocked=any(a.blocked_by in BLAST_RADIUS_GUARDS for a in actions),
     )
 
 
@@ -330,10 +329,10 @@ class Controller:
         for read in result.reads:
             if not isinstance(read, ServerInventory) or read.server not in result.servers:
                 continue
-            pattern = self.settings.managed_pattern
+            policy = self.settings.policy()
             by_state = dict.fromkeys(LiveState, 0)
             for inst in read.instances:
-                if pattern.fullmatch(inst.name):
+                if is_managed(policy, inst.name):
                     by_state[inst.live] += 1
             for state, n in by_state.items():
                 self.metrics.observed_instances.labels(server=read.server, state=state.value).set(n)

@@ -291,5 +291,8 @@ class Plan:
     memory: Memory
     """The memory to persist once this pass's actions are done (a `plan` command discards it)."""
     degraded_servers: frozenset[str] = frozenset()
-    blocked: bool = False
-    """A blast-radius guard held a deletion back (exit code 3)."""
+
+    @property
+    def blocked(self) -> bool:
+        """A blast-radius guard held a deletion or a missing mark back (exit code 3)."""
+        return any(a.blocked_by in BLAST_RADIUS_GUARDS for a in self.actions)

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from reconciler.model import (
-    BLAST_RADIUS_GUARDS,
     Action,
     DesiredState,
     Drift,
@@ -57,7 +56,6 @@ def plan(
         actions=tuple(sorted(actions, key=_action_order)),
         memory=next_memory,
         degraded_servers=statuses.degraded_servers,
-        blocked=any(a.blocked_by in BLAST_RADIUS_GUARDS for a in actions),
     )
 
 
