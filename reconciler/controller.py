@@ -21,9 +21,8 @@ from reconciler import planner
 from reconciler.events import EventPublisher, relay_outbox
 from reconciler.evolution.client import EvolutionClient
 from reconciler.executor import ExecutionReport, Executor
+from reconciler.failpoints import reached
 from reconciler.model import (
-    ActionKind,
-    DeleteResult,
     DesiredState,
     DriftKind,
     LiveState,
@@ -38,7 +37,8 @@ from reconciler.model import (
 from reconciler.observability import Health, Metrics
 from reconciler.planner.view import is_managed
 from reconciler.settings import Settings
-from reconciler.store import LeaseLost, LeaseToken, Store, StoreError
+from reconciler.shutdown import Grace
+from reconciler.store import LeaseToken, Store, StoreError
 
 log = structlog.get_logger()
 
@@ -128,7 +128,11 @@ class Controller:
         self.health = health or Health(settings.interval_seconds)
         self.holder = holder or f"reconciler-{uuid.uuid4().hex[:12]}"
         self.leases: dict[str, LeaseToken] = {}
+        """The live leases, renewed in the background; a pass copies them when it starts."""
         self.pass_lock = anyio.Lock()
+        self.grace = Grace()
+        self.shutdown_seconds = settings.shutdown_seconds
+        self._stop_deadline: float | None = None
         self.verify_timeout = 10.0
         """How long a pass waits for a deleted instance to leave the listing."""
         self.on_pass: Callable[[PassResult], None] | None = None
@@ -174,8 +178,15 @@ class Controller:
                 yield
                 tg.cancel_scope.cancel()
         finally:
-            with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(self._release_budget(), shield=True):
                 await self.release_leases()
+
+    def _release_budget(self) -> float:
+        """Releasing the leases lets a standby take over at once; while stopping, it gets what is
+        left of the shutdown budget (the leases expire on their own anyway)."""
+        if self._stop_deadline is None:
+            return LEASE_TTL
+        return max(0.1, self._stop_deadline - anyio.current_time())
 
     async def release_leases(self) -> None:
         for token in list(self.leases.values()):
@@ -206,7 +217,9 @@ class Controller:
         policy = self.policy(allow_mass_deletion=allow_mass_deletion, mode=mode)
         started = time.monotonic()
         now = datetime.now(UTC)
-        led = tuple(s for s in self.clients if s in self.leases) if record else tuple(self.clients)
+        tokens = dict(self.leases)
+        """Fence every write of this pass: a lease lost or renewed under a new epoch ends it."""
+        led = tuple(s for s in self.clients if s in tokens) if record else tuple(self.clients)
         result = PassResult(started_at=now, servers=led,
                             skipped=tuple(s for s in self.clients if s not in led))
         for server in result.skipped:
@@ -244,22 +257,25 @@ class Controller:
                           operator_must_fix=read.operator_error)
 
         full_plan = planner.plan(result.desired, result.reads, memory, policy, now)
-        result.plan = for_leader(full_plan, led, global_leader=min(everyone) in led)
+        first = min(everyone)
+        result.plan = for_leader(full_plan, led, global_leader=first in led)
         if not record:
             return self._finish(result, started)
 
-        executor = Executor(self.store, self.clients, self.metrics, policy.mode, self.leases,
+        executor = Executor(self.store, self.clients, self.metrics, policy.mode, tokens,
+                            global_server=first, grace=self.grace,
                             verify_timeout=self.verify_timeout)
         try:
-            await self._remember_intent(result.plan, policy.mode, led, now)
-            result.report = await executor.execute(result.plan, now)
+            await executor.execute(result.plan, now, result.report)
             new_memory = planner.record_outcomes(result.plan.memory,
                                                  result.report.delete_results, now)
-            await self.store.save_memory(new_memory, servers=led, leases=self.leases)
+            await reached("memory.save.before")
+            await self.store.save_memory(new_memory, servers=led, leases=tokens)
+            await reached("memory.save.after")
             done = set(memory.tombstones) - set(new_memory.tombstones)
             if done:
-                await self.store.drop_tombstones(done)
-        except (StoreError, LeaseLost) as exc:
+                await self.store.drop_tombstones(done, leases=tokens.values())
+        except StoreError as exc:
             result.errors.extend((s, "apply", str(exc)) for s in led)
             log.error("applying the plan failed", error=str(exc))
         for action, outcome, error in result.report.outcomes:
@@ -268,20 +284,9 @@ class Controller:
         await self.publish_outbox(result)
         return self._finish(result, started)
 
-    async def _remember_intent(self, plan: Plan, mode: Mode, led: Sequence[str],
-                               now: datetime) -> None:
-        """Persist "delete requested" before calling delete, so that a crash between the call and
-        its audit still ends with `instance.removed` published by a later pass."""
-        deletes = [
-            (a, DeleteResult.UNVERIFIED) for a in plan.actions
-            if a.kind is ActionKind.DELETE and a.blocked_by is None and not a.already_gone
-        ]
-        if mode is Mode.ENFORCE and deletes:
-            intent = planner.record_outcomes(plan.memory, deletes, now)
-            await self.store.save_memory(intent, servers=led, leases=self.leases)
-
     async def publish_outbox(self, result: PassResult | None = None) -> None:
         try:
+            await reached("publish.before")
             await relay_outbox(self.store, self.publisher, self.metrics)
             await self.store.prune_outbox()
         except Exception as exc:  # Redis or the database: the outbox keeps the events
@@ -373,8 +378,18 @@ class Controller:
                 self.metrics.reconcile_total.labels(server=server, result="error").inc()
 
     async def run_forever(self, stop: anyio.Event) -> None:
-        """Passes on a jittered timer and at once on a tombstone NOTIFY, until `stop` is set."""
+        """Passes on a jittered timer and at once on a tombstone NOTIFY, until `stop` is set;
+        then out within `shutdown_seconds` (SPEC 7): the pass is cancelled, an action already
+        sent to Evolution gets most of the budget to finish and be recorded, the leases the
+        rest to be released."""
         wake = anyio.Event()
+        current_pass = anyio.CancelScope()
+
+        async def stopper() -> None:
+            await stop.wait()
+            self._stop_deadline = anyio.current_time() + self.shutdown_seconds * 0.9
+            self.grace.begin(self.shutdown_seconds * 0.6)
+            current_pass.cancel()
 
         async def tombstones() -> None:
             nonlocal wake
@@ -390,11 +405,13 @@ class Controller:
 
         async with self.leading(), anyio.create_task_group() as tg:
             tg.start_soon(tombstones)
+            tg.start_soon(stopper)
             while not stop.is_set():
                 wake = anyio.Event()  # a NOTIFY during the pass triggers the next one at once
                 self.health.tick()
-                with anyio.CancelScope(shield=True):
+                with current_pass:
                     await self._pass_that_never_stops_the_loop()
+                current_pass = anyio.CancelScope()
                 self.health.tick()
                 interval = self.settings.interval_seconds * random.uniform(0.9, 1.1)
                 with anyio.move_on_after(interval):

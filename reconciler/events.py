@@ -18,6 +18,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
+from reconciler.failpoints import reached
 from reconciler.model import EventType
 from reconciler.observability import Metrics
 from reconciler.store import OutboxEvent, Store, StoreError
@@ -148,6 +149,7 @@ async def relay_outbox(
                 for event in batch:
                     await publisher.publish(event.payload)
                     accepted.append(event)
+                await reached("publish.after")
             finally:
                 if accepted:
                     await store.mark_published([e.id for e in accepted])

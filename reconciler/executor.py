@@ -3,10 +3,17 @@
 It does exactly what the plan says, plus the one check that needs I/O: the point re-check of the
 database right before a delete (SPEC 4.3 rule 5). Every action leaves an audit row; every change
 leaves its event in the outbox in the same transaction.
+
+Every write and the decision to call Evolution are fenced by the lease token the pass started
+with, for the server the action belongs to: once one is refused (`LeaseLost`), the pass writes and
+calls nothing more. A delete commits its intent and event id before its first call, and confirms
+the removal, publishes its event and forgets the intent in one transaction, so a removal has one
+`event_id` whatever happens in between (SPEC 5).
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -17,16 +24,20 @@ import structlog
 from reconciler.events import build_event
 from reconciler.evolution.client import EvolutionClient
 from reconciler.evolution.errors import EvolutionError
+from reconciler.failpoints import reached
 from reconciler.model import (
     Action,
     ActionKind,
     DeleteResult,
     Guard,
+    InstanceMemory,
     Mode,
     Outcome,
     Plan,
 )
 from reconciler.observability import METERED_ACTIONS, Metrics
+from reconciler.planner.outcomes import after_attempt, intent_to_delete
+from reconciler.shutdown import Grace
 from reconciler.store import LeaseToken, Store
 
 log = structlog.get_logger()
@@ -36,6 +47,7 @@ log = structlog.get_logger()
 class ExecutionReport:
     outcomes: list[tuple[Action, Outcome, str | None]] = field(default_factory=list)
     delete_results: list[tuple[Action, DeleteResult]] = field(default_factory=list)
+    """Each attempted delete, with the event id it was decided under."""
 
     @property
     def failed(self) -> int:
@@ -52,12 +64,17 @@ class Executor:
     clients: Mapping[str, EvolutionClient]
     metrics: Metrics
     mode: Mode
-    leases: Mapping[str, LeaseToken] = field(default_factory=dict)
+    leases: Mapping[str, LeaseToken]
+    """The tokens the pass started with, by server; never the live, renewed ones."""
+    global_server: str
+    """The server whose leader takes the decisions that belong to no server (`missing`)."""
+    grace: Grace = field(default_factory=Grace)
     verify_timeout: float = 10.0
     verify_poll: float = 0.5
 
-    async def execute(self, plan: Plan, now: datetime) -> ExecutionReport:
-        report = ExecutionReport()
+    async def execute(self, plan: Plan, now: datetime, report: ExecutionReport) -> None:
+        """Fill `report` as actions are done, so that it holds what happened even when a lost
+        lease ends the pass midway."""
         deletes: dict[str, list[Action]] = {}
         held = [(a, o) for a in plan.actions if (o := self._held(a)) is not None]
         await self.store.record_many([(a, o, self._lease(a.server)) for a, o in held])
@@ -69,12 +86,11 @@ class Executor:
             if action.kind is ActionKind.DELETE:
                 deletes.setdefault(action.server, []).append(action)
             elif action.kind is ActionKind.FLAG:
-                await self._audit(report, action, Outcome.OK, event=self._event(action, now))
+                await self._flag(report, action, now)
             else:
                 await self._update_status(report, action, now)
         for server, actions in deletes.items():
-            await self._delete_all(report, server, actions, now)
-        return report
+            await self._delete_all(report, server, actions, plan, now)
 
     def _held(self, action: Action) -> Outcome | None:
         """Audited only: blocked by a guard, or planned in dry run."""
@@ -82,8 +98,8 @@ class Executor:
             return Outcome.BLOCKED
         return Outcome.DRY_RUN if self.mode is Mode.DRY_RUN else None
 
-    def _lease(self, server: str) -> LeaseToken | None:
-        return self.leases.get(server) or next(iter(self.leases.values()), None)
+    def _lease(self, server: str) -> LeaseToken:
+        return self.leases[server or self.global_server]
 
     def _event(self, action: Action, now: datetime) -> dict[str, object] | None:
         if action.event is None:
@@ -95,6 +111,7 @@ class Executor:
             server=action.server,
             reason=action.reason,
             occurred_at=now,
+            event_id=action.event_id,
         )
 
     def _count(self, action: Action, outcome: Outcome) -> None:
@@ -107,20 +124,6 @@ class Executor:
             self.metrics.guard_blocked_total.labels(
                 server=server, guard=action.blocked_by.value
             ).inc()
-
-    async def _audit(
-        self,
-        report: ExecutionReport,
-        action: Action,
-        outcome: Outcome,
-        *,
-        error: str | None = None,
-        event: dict[str, object] | None = None,
-    ) -> None:
-        await self.store.record(
-            action, outcome, error=error, event=event, lease=self._lease(action.server)
-        )
-        self._done(report, action, outcome, error)
 
     def _done(self, report: ExecutionReport, action: Action, outcome: Outcome,
               error: str | None) -> None:
@@ -137,10 +140,20 @@ class Executor:
             error=error,
         )
 
+    async def _flag(self, report: ExecutionReport, action: Action, now: datetime) -> None:
+        event = self._event(action, now)
+        assert event is not None, "a flag publishes instance.duplicate"
+        await reached("flag.before")
+        if await self.store.record_flag(action, event, lease=self._lease(action.server)):
+            self._done(report, action, Outcome.OK, None)
+        await reached("flag.after")
+
     async def _update_status(self, report: ExecutionReport, action: Action, now: datetime) -> None:
+        await reached("mark.before")
         changed = await self.store.update_status(
             action, event=self._event(action, now), lease=self._lease(action.server)
         )
+        await reached("mark.after")
         if not changed:
             log.info(
                 "status changed by the application since it was read; next pass decides",
@@ -148,57 +161,98 @@ class Executor:
                 expected=action.expected_status,
             )
             return
-        self._count(action, Outcome.OK)
-        report.outcomes.append((action, Outcome.OK, None))
-        log.info("action", action=action.kind.value, server=action.server,
-                 instance=action.instance_name, reason=action.reason, outcome="ok")
+        self._done(report, action, Outcome.OK, None)
 
     async def _delete_all(
-        self, report: ExecutionReport, server: str, actions: Sequence[Action], now: datetime
+        self, report: ExecutionReport, server: str, actions: Sequence[Action], plan: Plan,
+        now: datetime,
     ) -> None:
         client = self.clients[server]
-        requested: list[Action] = []
+        lease = self._lease(server)
         for action in actions:
             if action.already_gone:
-                await self._audit(report, action, Outcome.OK, event=self._event(action, now))
-                report.delete_results.append((action, DeleteResult.VERIFIED))
+                await self._confirm(report, action, now)
+        requested: list[tuple[Action, InstanceMemory]] = []
+        for action in actions:
+            if action.already_gone:
                 continue
-            if await self.store.row_names_instance(action.instance_name,
-                                                   lease=self._lease(server)):
-                await self._audit(report, replace(action, blocked_by=Guard.RECHECK),
-                                  Outcome.BLOCKED)
+            if await self.store.row_names_instance(action.instance_name, lease=lease):
+                blocked = replace(action, blocked_by=Guard.RECHECK)
+                await self.store.record(blocked, Outcome.BLOCKED, lease=lease)
+                self._done(report, blocked, Outcome.BLOCKED, None)
                 continue
-            try:
-                await self._logout_and_delete(client, action)
-            except EvolutionError as exc:
-                await self._audit(report, action, Outcome.FAILED, error=str(exc))
-                report.delete_results.append((action, DeleteResult.FAILED))
-                continue
-            requested.append(action)
+            action = replace(action, event_id=action.event_id or uuid.uuid4())
+            assert action.event_id is not None
+            known = plan.memory.instances.get((server, action.instance_name))
+            intent = intent_to_delete(known, action, action.event_id, now)
+            await reached("delete.intent.before")
+            await self.store.begin_delete(intent, lease=lease)
+            await reached("delete.intent.after")
+            with self.grace.shielded() as section:
+                try:
+                    await self._logout_and_delete(client, action)
+                except EvolutionError as exc:
+                    await self._failed(report, action, intent, DeleteResult.FAILED, str(exc),
+                                       now)
+                else:
+                    requested.append((action, intent))
+            if section.cancel_called:
+                return  # stopping: the intent is committed, the next leader verifies it
         if not requested:
             return
-        still_listed = await self._wait_until_absent(client, {a.instance_name for a in requested})
-        for action in requested:
+        await reached("delete.verify.before")
+        still_listed = await self._wait_until_absent(
+            client, {a.instance_name for a, _ in requested})
+        for action, intent in requested:
             if action.instance_name in still_listed:
-                await self._audit(report, action, Outcome.FAILED,
-                                  error="deletion answered but not verified yet")
-                report.delete_results.append((action, DeleteResult.UNVERIFIED))
+                await self._failed(report, action, intent, DeleteResult.UNVERIFIED,
+                                   "deletion answered but not verified yet", now)
             else:
-                await self._audit(report, action, Outcome.OK, event=self._event(action, now))
-                report.delete_results.append((action, DeleteResult.VERIFIED))
+                await self._confirm(report, action, now)
+
+    async def _confirm(self, report: ExecutionReport, action: Action, now: datetime) -> None:
+        event = self._event(action, now)
+        assert event is not None, "a delete publishes instance.removed"
+        await reached("delete.confirm.before")
+        if await self.store.confirm_removal(action, event, lease=self._lease(action.server)):
+            self._done(report, action, Outcome.OK, None)
+        else:
+            log.info("removal already confirmed", server=action.server,
+                     instance=action.instance_name)
+        await reached("delete.confirm.after")
+        report.delete_results.append((action, DeleteResult.VERIFIED))
+
+    async def _failed(self, report: ExecutionReport, action: Action, intent: InstanceMemory,
+                      result: DeleteResult, error: str, now: datetime) -> None:
+        entry = after_attempt(intent, action, result, now)
+        assert entry is not None, "only a verified removal is forgotten"
+        await self.store.record_delete_failure(action, entry, error,
+                                               lease=self._lease(action.server))
+        self._done(report, action, Outcome.FAILED, error)
+        report.delete_results.append((action, result))
 
     async def _logout_and_delete(self, client: EvolutionClient, action: Action) -> None:
         """Log a live instance out first (frees the phone's device slot); servers that refuse to
         delete an open instance (v1 <= 1.8.3, 2.2.0) get the logout they asked for, once."""
         if action.logout_first:
-            await client.logout(action.instance_name)
+            await self._logout(client, action)
         try:
-            await client.delete(action.instance_name)
+            await self._delete(client, action)
         except EvolutionError as exc:
             if not exc.needs_logout or action.logout_first:
                 raise
-            await client.logout(action.instance_name)
-            await client.delete(action.instance_name)
+            await self._logout(client, action)
+            await self._delete(client, action)
+
+    async def _logout(self, client: EvolutionClient, action: Action) -> None:
+        await reached("delete.logout.before")
+        await client.logout(action.instance_name)
+        await reached("delete.logout.after")
+
+    async def _delete(self, client: EvolutionClient, action: Action) -> None:
+        await reached("delete.call.before")
+        await client.delete(action.instance_name)
+        await reached("delete.call.after")
 
     async def _wait_until_absent(self, client: EvolutionClient, names: set[str]) -> set[str]:
         """Names still listed after the verification window (Evolution deletes asynchronously)."""

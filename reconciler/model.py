@@ -209,8 +209,13 @@ class InstanceMemory:
     not_connected_reason: str | None = None
     last_live: LiveState = LiveState.UNKNOWN
     delete_requested_at: datetime | None = None
-    """A delete was answered but not yet verified absent; `instance.removed` is owed."""
+    """A delete was decided and may have reached the server: once the instance is absent,
+    `instance.removed` is owed, under `delete_event_id`."""
     delete_reason: str | None = None
+    delete_event_id: UUID | None = None
+    """The one event id of this removal, persisted before the first call (SPEC 5)."""
+    instance_id: str | None = None
+    """The server's id of the instance seen under this name: a new id is a new instance."""
     delete_attempts: int = 0
     next_delete_at: datetime | None = None
     """Backoff after a failed or unverified delete."""
@@ -282,6 +287,10 @@ class Action:
     already_gone: bool = False
     """Delete: an earlier delete was answered and the instance is now absent; only confirm it."""
     event: EventType | None = None
+    event_id: UUID | None = None
+    """Delete: the removal's event id remembered from an earlier attempt (None: a new one)."""
+    group_key: str | None = None
+    """Flag: the duplicate group it reports, recorded with its event so it is reported once."""
 
 
 @dataclass(frozen=True)

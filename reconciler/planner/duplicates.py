@@ -124,4 +124,5 @@ def _flag(view: PassView, group: _Group) -> Action:
         reason=group.kind.value,
         organization_id=view.organization_id(group.instance_name),
         event=EventType.DUPLICATE,
+        group_key=group.key,
     )

@@ -51,7 +51,14 @@ def decide_orphans(view: PassView) -> OrphanDecision:
         for inst in listed:
             key = (server, inst.name)
             previous = view.memory.instances.get(key)
-            base = previous or InstanceMemory(server, inst.name, first_seen=view.now)
+            if previous is not None and _recreated(previous, inst):
+                if previous.delete_requested_at is not None:
+                    confirmations.append(_gone(view, previous))
+                previous = None
+            base = replace(
+                previous or InstanceMemory(server, inst.name, first_seen=view.now),
+                instance_id=inst.instance_id or (previous.instance_id if previous else None),
+            )
             if view.is_desired(inst.name):
                 instances[key] = _owned(base)
                 continue
@@ -74,7 +81,7 @@ def decide_orphans(view: PassView) -> OrphanDecision:
                 drift.append(Drift(server, inst.name, DriftKind.ORPHAN, detail))
                 continue
             drift.append(Drift(server, inst.name, DriftKind.ORPHAN, f"{reason}; {detail}"))
-            candidates.append(_delete(view, inst, reason))
+            candidates.append(_delete(view, inst, reason, base))
         for remembered in view.remembered.get(server, ()):
             if remembered.instance_name in view.listed_on[server]:
                 continue
@@ -90,6 +97,12 @@ def decide_orphans(view: PassView) -> OrphanDecision:
     )
 
 
+def _recreated(previous: InstanceMemory, inst: ObservedInstance) -> bool:
+    """SPEC 3: a changed `instanceId` is a new instance, with an age and a history of its own."""
+    return (previous.instance_id is not None and inst.instance_id is not None
+            and previous.instance_id != inst.instance_id)
+
+
 def _owned(entry: InstanceMemory) -> InstanceMemory:
     """Named by a row again: forget the orphan history, including any delete in flight."""
     return replace(
@@ -98,6 +111,7 @@ def _owned(entry: InstanceMemory) -> InstanceMemory:
         orphan_streak=0,
         delete_requested_at=None,
         delete_reason=None,
+        delete_event_id=None,
         delete_attempts=0,
         next_delete_at=None,
     )
@@ -136,7 +150,7 @@ def _shares_live_number(inst: ObservedInstance, numbers: frozenset[str]) -> bool
     return inst.live is LiveState.OPEN and inst.number is not None and inst.number in numbers
 
 
-def _delete(view: PassView, inst: ObservedInstance, reason: str) -> Action:
+def _delete(view: PassView, inst: ObservedInstance, reason: str, entry: InstanceMemory) -> Action:
     settled = inst.live is LiveState.CLOSE or (
         inst.live is LiveState.UNKNOWN and inst.stored_status == "close"
     )
@@ -148,6 +162,7 @@ def _delete(view: PassView, inst: ObservedInstance, reason: str) -> Action:
         organization_id=view.organization_id(inst.name),
         logout_first=not settled,
         event=EventType.REMOVED,
+        event_id=entry.delete_event_id,
     )
 
 
@@ -160,4 +175,5 @@ def _gone(view: PassView, entry: InstanceMemory) -> Action:
         organization_id=view.organization_id(entry.instance_name),
         already_gone=True,
         event=EventType.REMOVED,
+        event_id=entry.delete_event_id,
     )

@@ -1,8 +1,10 @@
 """What became of the deletes a pass attempted, folded back into memory.
 
-Evolution answers a delete before it has cleaned up, so only a later unfiltered listing proves it:
-until then the instance's memory keeps "delete requested", and `orphans` confirms it (and
-`instance.removed` is published) once the server stops listing it.
+A delete is remembered from the moment it is decided, before any call, with the one event id its
+removal will be published under (SPEC 5): a call that failed or timed out may still have deleted
+the instance, and a crash may come at any point. Evolution answers a delete before it has cleaned
+up, so only a later unfiltered listing proves it: until then the memory keeps "delete requested",
+and `orphans` confirms it (and `instance.removed` is published) once the server stops listing it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
+from uuid import UUID
 
 from reconciler.model import Action, ActionKind, DeleteResult, InstanceMemory, Memory
 
@@ -23,6 +26,37 @@ def delete_backoff(attempts: int) -> timedelta:
     return min(_FIRST_RETRY * (1 << doublings), _LONGEST_RETRY)
 
 
+def intent_to_delete(
+    entry: InstanceMemory | None, action: Action, event_id: UUID, now: datetime
+) -> InstanceMemory:
+    """The memory written before the first call of a delete: requested, under `event_id`."""
+    entry = entry or InstanceMemory(action.server, action.instance_name, first_seen=now)
+    return replace(
+        entry,
+        delete_requested_at=entry.delete_requested_at or now,
+        delete_reason=action.reason,
+        delete_event_id=event_id,
+    )
+
+
+def after_attempt(
+    entry: InstanceMemory | None, action: Action, result: DeleteResult, now: datetime
+) -> InstanceMemory | None:
+    """The memory after one attempt; None once the removal is verified (nothing more is owed)."""
+    if result is DeleteResult.VERIFIED:
+        return None
+    entry = entry or InstanceMemory(action.server, action.instance_name, first_seen=now)
+    attempts = entry.delete_attempts + 1
+    return replace(
+        entry,
+        delete_attempts=attempts,
+        next_delete_at=now + delete_backoff(attempts),
+        delete_requested_at=entry.delete_requested_at or now,
+        delete_reason=action.reason,
+        delete_event_id=action.event_id or entry.delete_event_id,
+    )
+
+
 def record_outcomes(
     memory: Memory, outcomes: Sequence[tuple[Action, DeleteResult]], now: datetime
 ) -> Memory:
@@ -33,21 +67,10 @@ def record_outcomes(
             continue
         key = (action.server, action.instance_name)
         if result is DeleteResult.VERIFIED:
-            instances.pop(key, None)
             tombstones.pop(action.instance_name, None)
-            continue
-        entry = instances.get(key) or InstanceMemory(
-            action.server, action.instance_name, first_seen=now
-        )
-        attempts = entry.delete_attempts + 1
-        entry = replace(
-            entry, delete_attempts=attempts, next_delete_at=now + delete_backoff(attempts)
-        )
-        if result is DeleteResult.UNVERIFIED:
-            entry = replace(
-                entry,
-                delete_requested_at=entry.delete_requested_at or now,
-                delete_reason=action.reason,
-            )
-        instances[key] = entry
+        after = after_attempt(instances.get(key), action, result, now)
+        if after is None:
+            instances.pop(key, None)
+        else:
+            instances[key] = after
     return replace(memory, instances=instances, tombstones=tombstones)

@@ -110,6 +110,8 @@ OBSERVATION_COLUMNS = (
     "delete_reason",
     "delete_attempts",
     "next_delete_at",
+    "delete_event_id",
+    "instance_id",
 )
 
 
@@ -128,6 +130,8 @@ def observation_row(m: InstanceMemory) -> tuple[object, ...]:
         m.delete_reason,
         m.delete_attempts,
         m.next_delete_at,
+        m.delete_event_id,
+        m.instance_id,
     )
 
 
@@ -149,5 +153,7 @@ def instance_memory(row: Row) -> InstanceMemory:
         delete_reason=row["delete_reason"],
         delete_attempts=row["delete_attempts"],
         next_delete_at=row["next_delete_at"],
+        delete_event_id=row["delete_event_id"],
+        instance_id=row["instance_id"],
     )
 

@@ -99,6 +99,12 @@ CREATE TABLE IF NOT EXISTS {own}.reported_duplicates (
     reported_at timestamptz NOT NULL DEFAULT now()
 );
 """),
+    Migration(2, "one event id per removal; instance identity", """
+ALTER TABLE {own}.observations ADD COLUMN IF NOT EXISTS delete_event_id uuid;
+ALTER TABLE {own}.observations ADD COLUMN IF NOT EXISTS instance_id text;
+UPDATE {own}.observations SET delete_event_id = gen_random_uuid()
+    WHERE delete_requested_at IS NOT NULL AND delete_event_id IS NULL;
+"""),
 )
 
 VERSION_TABLE = """

@@ -24,6 +24,7 @@ from reconciler.model import (
     Action,
     DesiredInstance,
     DesiredState,
+    InstanceMemory,
     Memory,
     Outcome,
     PassCounts,
@@ -49,9 +50,12 @@ log = structlog.get_logger(__name__)
 _DB_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     OSError,
     TimeoutError,
 )
+"""Everything the driver raises for database trouble (InternalClientError: "another operation
+is in progress" on a connection a cancelled call left busy) is a StoreError, never a bug."""
 _CONNECT_ERRORS: tuple[type[BaseException], ...] = (*_DB_ERRORS, ValueError)
 """A malformed DSN is a ValueError, whose message may quote the DSN: redacted like the rest."""
 _TABLE_ERRORS = (
@@ -349,6 +353,63 @@ class Store:
                   a.blocked_by.value if a.blocked_by else None, outcome.value,
                   lease.epoch if lease else None) for a, outcome, lease in entries])
 
+    async def begin_delete(self, entry: InstanceMemory, *, lease: LeaseToken) -> None:
+        """Persist a delete's intent and its event id before the first call (SPEC 5): whatever
+        happens after, a later pass owes `instance.removed` under that one id."""
+        async with self._transaction("recording a delete's intent", [lease]) as conn:
+            await self._remember(conn, entry)
+
+    async def record_delete_failure(
+        self, action: Action, entry: InstanceMemory, error: str, *, lease: LeaseToken
+    ) -> None:
+        """A failed or unverified attempt: its audit row and the backoff, in one transaction."""
+        async with self._transaction("recording a failed delete", [lease]) as conn:
+            await self._audit(conn, action, Outcome.FAILED, error, None, lease)
+            await self._remember(conn, entry)
+
+    async def confirm_removal(
+        self, action: Action, event: dict[str, object], *, lease: LeaseToken
+    ) -> bool:
+        """The removal verified: its audit row, its event, and forgetting the intent, in one
+        transaction, so no crash can publish it twice. False when the intent is already
+        confirmed (nothing is written)."""
+        own = self._names.own
+        async with self._transaction("confirming a removal", [lease]) as conn:
+            owed = await conn.fetchval(
+                f"DELETE FROM {own}.observations WHERE server = $1 AND instance_name = $2"
+                " AND delete_event_id = $3 RETURNING true",
+                action.server, action.instance_name, event_id_of(event))
+            if not owed:
+                return False
+            await self._audit(conn, action, Outcome.OK, None, event, lease)
+            await conn.execute(f"DELETE FROM {own}.tombstones WHERE instance_name = $1",
+                               action.instance_name)
+        return True
+
+    async def record_flag(
+        self, action: Action, event: dict[str, object], *, lease: LeaseToken
+    ) -> bool:
+        """A duplicate group reported with its event, once: False if it was reported already."""
+        if action.group_key is None:
+            raise ValueError(f"flag of {action.instance_name} lacks its group key")
+        async with self._transaction("recording a duplicate", [lease]) as conn:
+            new = await conn.fetchval(
+                f"INSERT INTO {self._names.own}.reported_duplicates (group_key) VALUES ($1)"
+                " ON CONFLICT DO NOTHING RETURNING true", action.group_key)
+            if not new:
+                return False
+            await self._audit(conn, action, Outcome.OK, None, event, lease)
+        return True
+
+    async def _remember(self, conn: Conn, entry: InstanceMemory) -> None:
+        columns = ", ".join(OBSERVATION_COLUMNS)
+        values = ", ".join(f"${i}" for i in range(1, len(OBSERVATION_COLUMNS) + 1))
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in OBSERVATION_COLUMNS[2:])
+        await conn.execute(
+            f"INSERT INTO {self._names.own}.observations ({columns}) VALUES ({values})"
+            f" ON CONFLICT (server, instance_name) DO UPDATE SET {updates}, updated_at = now()",
+            *observation_row(entry))
+
     async def _audit(
         self,
         conn: Conn,
@@ -454,8 +515,10 @@ class Store:
         async with self._snapshot("reading tombstones") as conn:
             return await self._tombstones(conn)
 
-    async def drop_tombstones(self, names: Collection[str]) -> None:
-        async with self._transaction("dropping tombstones") as conn:
+    async def drop_tombstones(
+        self, names: Collection[str], *, leases: Iterable[LeaseToken] = ()
+    ) -> None:
+        async with self._transaction("dropping tombstones", leases) as conn:
             await conn.execute(
                 f"DELETE FROM {self._names.own}.tombstones WHERE instance_name = ANY($1::text[])",
                 list(names))

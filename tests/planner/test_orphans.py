@@ -40,6 +40,7 @@ from tests.planner.builders import (
 )
 from tests.planner.strategies import NOW, ORGS, ago
 
+EVENT_ID = UUID("0b9f6c1e-6a55-4a3e-9d4e-6f0d2a3b1c77")
 KEPT = [name(n) for n in range(10, 14)]
 """Desired instances that keep a server big enough for one deletion under the 25 % fraction."""
 
@@ -195,24 +196,25 @@ def test_a_disabled_row_still_owns_its_instance() -> None:
 def test_failed_and_unverified_deletes_back_off_and_retry() -> None:
     reads = [busy_server(inst(name(1)))]
     plan = passes(2, rows(*KEPT), reads)
-    delete = only(deletes(plan))
+    delete = replace(only(deletes(plan)), event_id=EVENT_ID)
     memory = planner.record_outcomes(plan.memory, [(delete, DeleteResult.FAILED)], NOW)
     entry = memory.instances[("s1", name(1))]
     assert (entry.delete_attempts, entry.next_delete_at) == (1, NOW + timedelta(seconds=30))
-    assert entry.delete_requested_at is None
+    assert (entry.delete_requested_at, entry.delete_event_id) == (NOW, EVENT_ID), (
+        "a failed call may still have deleted it: the removal stays owed, under its one id")
 
     waiting = run(rows(*KEPT), reads, memory, now=NOW + timedelta(seconds=29))
     assert deletes(waiting) == []
     assert drift(waiting, DriftKind.ORPHAN) == [("s1", name(1))], "still drifting while waiting"
     retry = run(rows(*KEPT), reads, waiting.memory, now=NOW + timedelta(seconds=30))
     again = only(deletes(retry))
+    assert again.event_id == EVENT_ID, "a retry is the same decision"
     memory = planner.record_outcomes(retry.memory, [(again, DeleteResult.UNVERIFIED)],
                                      NOW + timedelta(seconds=30))
     entry = memory.instances[("s1", name(1))]
     assert entry.delete_attempts == 2
     assert entry.next_delete_at == NOW + timedelta(seconds=90)
-    assert (entry.delete_requested_at, entry.delete_reason) == (NOW + timedelta(seconds=30),
-                                                                "orphan")
+    assert (entry.delete_requested_at, entry.delete_reason) == (NOW, "orphan")
 
 
 def test_an_unverified_delete_is_confirmed_once_the_server_stops_listing_it() -> None:
@@ -310,3 +312,32 @@ def test_names_differing_only_by_surrounding_spaces_are_one_instance() -> None:
     assert plan.actions == ()
     assert drift_of(plan, "tenant-trimmed") == set()
     assert drift_of(plan, "tenant-trimmed ") == set()
+
+
+def test_a_recreated_instance_starts_its_age_and_confirmations_again() -> None:
+    """SPEC 3: deleted and created again under its name between passes (a new `instanceId`),
+    an orphan is a new instance: it does not inherit its predecessor's first-seen time."""
+    def v1_item(instance_id: str) -> ObservedInstance:
+        return replace(inst(name(1)), created_at=None, instance_id=instance_id)
+
+    policy = replace(ENFORCE, orphan_grace=timedelta(seconds=8), orphan_confirmations=2)
+    first = run(rows(*KEPT), [busy_server(v1_item("a"))], policy=policy)
+    later = NOW + timedelta(seconds=10)
+    plan = run(rows(*KEPT), [busy_server(v1_item("b"))], first.memory, now=later, policy=policy)
+    assert deletes(plan) == [], "2 s old and seen once: not an orphan to delete yet"
+    entry = plan.memory.instances[("s1", name(1))]
+    assert (entry.first_seen, entry.orphan_streak, entry.instance_id) == (later, 1, "b")
+    same = run(rows(*KEPT), [busy_server(v1_item("a"))], first.memory, now=later, policy=policy)
+    assert only(deletes(same)).instance_name == name(1), "the same id keeps its history"
+
+
+def test_a_pending_removal_is_confirmed_when_its_name_now_holds_a_new_instance() -> None:
+    reads = [busy_server(replace(inst(name(1)), instance_id="a"))]
+    plan = passes(2, rows(*KEPT), reads)
+    delete = replace(only(deletes(plan)), event_id=EVENT_ID)
+    memory = planner.record_outcomes(plan.memory, [(delete, DeleteResult.UNVERIFIED)], NOW)
+    recreated = [busy_server(replace(inst(name(1), created=NOW), instance_id="b"))]
+    after = run(rows(*KEPT), recreated, memory, now=NOW + timedelta(seconds=5))
+    confirmation = only([a for a in deletes(after) if a.already_gone])
+    assert (confirmation.instance_name, confirmation.event_id) == (name(1), EVENT_ID)
+    assert not [a for a in deletes(after) if not a.already_gone], "the new one is young"
