@@ -16,7 +16,7 @@ from reconciler.events import EventPublisher
 from reconciler.evolution.client import EvolutionClient
 from reconciler.model import Mode, ServerInventory
 from reconciler.observability import Health, Metrics, configure_logging
-from reconciler.output import render_json, render_table
+from reconciler.output import escape_controls, render_json, render_table
 from reconciler.settings import Settings, SettingsError, load_settings, redact
 from reconciler.store import IntegrationsTableMissing, Store, StoreError
 
@@ -161,7 +161,7 @@ async def cmd_check(settings: Settings) -> int:
     except StoreError as exc:
         ok = False
         lines.append(f"database: FAILED {exc}")
-    print(redact("\n".join(lines), settings))
+    print("\n".join(escape_controls(redact(line, settings)) for line in lines))
     return EXIT_OK if ok else EXIT_FAILED
 
 

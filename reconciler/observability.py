@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -126,20 +126,27 @@ class Metrics:
 
 
 class Health:
-    """Liveness and readiness as the control loop reports them."""
+    """Liveness and readiness as the control loop reports them.
 
-    def __init__(self, interval_seconds: float) -> None:
+    Alive while the loop ticked within three intervals (SPEC 6), and before its first tick (the
+    daemon is still starting). `clock` is monotonic seconds; tests pass their own.
+    """
+
+    def __init__(
+        self, interval_seconds: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.interval_seconds = interval_seconds
+        self.clock = clock
         self.last_tick: float | None = None
         self.ready = False
 
     def tick(self) -> None:
-        self.last_tick = time.monotonic()
+        self.last_tick = self.clock()
 
     def alive(self) -> bool:
         if self.last_tick is None:
             return True
-        return time.monotonic() - self.last_tick < 3 * max(self.interval_seconds, 5.0)
+        return self.clock() - self.last_tick <= 3 * self.interval_seconds
 
 
 def http_app(metrics: Metrics, health: Health) -> Starlette:

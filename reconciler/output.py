@@ -1,4 +1,9 @@
-"""`--output table|json` for `once` and `plan`: the drift and what was (or would be) done."""
+"""`--output table|json` for `once` and `plan`: the drift and what was (or would be) done.
+
+Names, versions and error messages come from servers and rows that others control, so the table
+escapes every character that is not printable (SPEC 8): a name holding a newline, a carriage
+return or an escape sequence cannot forge a line or drive the terminal. JSON stays exact.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,13 @@ import json
 
 from reconciler.controller import PassResult
 from reconciler.model import Action, DriftKind, Mode, ServerInventory
+
+
+def escape_controls(text: str) -> str:
+    """`text` with each non-printable character (`str.isprintable`) shown as its Python escape."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _action_row(action: Action, outcome: str, error: str | None) -> dict[str, object]:
@@ -66,7 +78,8 @@ def render_json(result: PassResult, mode: Mode, *, record: bool) -> str:
     return json.dumps(as_dict(result, mode, record=record), indent=2)
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> str:
+def _table(headers: list[str], cells: list[list[str]]) -> str:
+    rows = [[escape_controls(c) for c in r] for r in cells]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
     body = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
@@ -104,6 +117,7 @@ def render_table(result: PassResult, mode: Mode, *, record: bool) -> str:
                        for a in actions]) if actions else "no actions")
     if result.plan and result.plan.degraded_servers:
         out.append("degraded (restart guard holds): "
-                   + ", ".join(sorted(result.plan.degraded_servers)))
-    out += [f"ERROR {server}/{stage}: {error}" for server, stage, error in result.errors]
+                   + escape_controls(", ".join(sorted(result.plan.degraded_servers))))
+    out += [escape_controls(f"ERROR {server}/{stage}: {error}")
+            for server, stage, error in result.errors]
     return "\n".join(out)

@@ -2,8 +2,8 @@
 
 Everything is validated before any request is made, and every problem is reported at once, naming
 the environment variable (and the TOML key when the value came from the file), so that the command
-line can exit 2 with a message an operator can act on. Secret values (API keys, the database and
-Redis URLs) never appear in a message or a repr.
+line can exit 2 with a message an operator can act on. Secret values (API keys, the webhook token,
+the database and Redis URLs) never appear in a message or a repr.
 
 Conventions an operator may trip over:
 
@@ -12,6 +12,8 @@ Conventions an operator may trip over:
   only of letters, digits, `_` and `-` protects exactly that instance name; any other entry is a
   regular expression used as `pattern.search(name)`, so anchor it (`^test-`) to mean a prefix.
 - Relative `*_file` paths in the TOML file are relative to that file.
+- Every secret loses its surrounding whitespace, wherever it came from: a mounted secret file or a
+  Kubernetes `secretKeyRef` often ends in a newline that would otherwise reach the wire.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ _PLAIN_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _PORT = re.compile(r"^[0-9]{1,5}$")
 _URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/?#@]*:)[^\s/?#]+@")
 _QUERY_PASSWORD = re.compile(r"(?i)(?P<head>[?&](?:ssl)?password=)[^&\s#]+")
+_HEADER_VALUE = re.compile(r"[\x20-\x7e]+")
+_URL_SEGMENT = re.compile(r"[A-Za-z0-9._~-]+")
 
 
 class SettingsError(Exception):
@@ -88,12 +92,16 @@ class Settings:
     probe_rps: float = 10.0
     probe_interval_seconds: float = 300.0
     http_timeout_seconds: float = 60.0
+    shutdown_seconds: float = 10.0
+    """From SIGTERM to exit, whatever a server is doing (SPEC 7)."""
     integrations_table: str = "healthcare.integrations"
     schema: str = "reconciler"
     events_channel: str = "whatsapp:instance-events"
     events_stream: str | None = None
     http_host: str = "0.0.0.0"
     http_port: int = 9478
+    webhook_token: str | None = None
+    """The `{token}` of Evolution's webhook URL (SPEC 4.6); None refuses every webhook."""
     log_format: str | None = None
     """"json", "console", or None: console on a terminal, json otherwise."""
     log_level: str = "info"
@@ -117,13 +125,13 @@ class Settings:
         )
 
     def __repr__(self) -> str:
-        shown = (
-            f"{f.name}={safe_url(getattr(self, f.name))!r}"
-            if f.name in ("database_url", "redis_url")
-            else f"{f.name}={getattr(self, f.name)!r}"
-            for f in fields(self)
-        )
-        return f"Settings({', '.join(shown)})"
+        def shown(name: str) -> object:
+            value = getattr(self, name)
+            if name in ("database_url", "redis_url"):
+                return safe_url(value)
+            return MASK if name == "webhook_token" and value is not None else value
+
+        return f"Settings({', '.join(f'{f.name}={shown(f.name)!r}' for f in fields(self))})"
 
 
 # --- secrets in text -----------------------------------------------------------------------------
@@ -145,6 +153,8 @@ def redact(text: str, settings: Settings | None = None) -> str:
 
 def _secrets(settings: Settings) -> set[str]:
     found = {server.api_key for server in settings.servers}
+    if settings.webhook_token is not None:
+        found.add(settings.webhook_token)
     for url in (settings.database_url, settings.redis_url):
         found.update(m[0][len(m["head"]) : -1] for m in _URL_PASSWORD.finditer(url))
         found.update(m[0][len(m["head"]) :] for m in _QUERY_PASSWORD.finditer(url))
@@ -157,6 +167,30 @@ def _secrets(settings: Settings) -> set[str]:
 
 class _Invalid(ValueError):
     """A value is wrong; the message says what it must be (never what it was, if secret)."""
+
+
+def _secret(value: object) -> object:
+    """Mounted secrets and `secretKeyRef`s end in a newline that must not reach the wire."""
+    if not isinstance(value, str):
+        return value
+    value = value.strip()
+    if not value:
+        raise _Invalid("must not be empty")
+    return value
+
+
+def _header_value(value: str) -> str:
+    """httpx refuses (or crashes on) a header it cannot encode: say so before any request."""
+    if not _HEADER_VALUE.fullmatch(value):
+        raise _Invalid("must hold only printable ASCII characters (it is sent as an HTTP header)")
+    return value
+
+
+def _url_segment(value: str) -> str:
+    """Evolution is given the token inside its webhook URL, where nothing may need encoding."""
+    if not _URL_SEGMENT.fullmatch(value):
+        raise _Invalid("must hold only letters, digits and - . _ ~ (it is part of a URL path)")
+    return value
 
 
 def _not_bool(value: object) -> object:
@@ -242,6 +276,8 @@ def _http_url(value: str) -> str:
         raise _Invalid("must be an http:// or https:// URL with a host")
     if parts.username is not None or parts.password is not None:
         raise _Invalid("must not contain credentials (the API key is a setting of its own)")
+    if "?" in value or "#" in value:
+        raise _Invalid("must not have a query string or fragment")
     return value.rstrip("/")
 
 
@@ -284,10 +320,10 @@ class _Values(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    database_url: Annotated[str, AfterValidator(_database_url)] | None = Field(
-        None, description="must be a postgres:// or postgresql:// URL"
-    )
-    redis_url: Annotated[str, AfterValidator(_redis_url)] | None = Field(
+    database_url: Annotated[
+        str, BeforeValidator(_secret), AfterValidator(_database_url)
+    ] | None = Field(None, description="must be a postgres:// or postgresql:// URL")
+    redis_url: Annotated[str, BeforeValidator(_secret), AfterValidator(_redis_url)] | None = Field(
         None, description="must be a redis://, rediss:// or unix:// URL"
     )
     mode: Mode = Field(_D.mode, description="must be one of dry_run, enforce")
@@ -310,8 +346,8 @@ class _Values(BaseModel):
     max_deletion_fraction: _Fraction = Field(
         _D.max_deletion_fraction, description="must be a fraction in (0, 1]"
     )
-    disconnect_after_seconds: _Positive = Field(
-        _D.disconnect_after_seconds, description="must be a number > 0"
+    disconnect_after_seconds: _NonNegative = Field(
+        _D.disconnect_after_seconds, description="must be a number >= 0"
     )
     mass_disconnect_fraction: _Fraction = Field(
         _D.mass_disconnect_fraction, description="must be a fraction in (0, 1]"
@@ -323,6 +359,7 @@ class _Values(BaseModel):
     http_timeout_seconds: _Positive = Field(
         _D.http_timeout_seconds, description="must be a number > 0"
     )
+    shutdown_seconds: _Positive = Field(_D.shutdown_seconds, description="must be a number > 0")
     integrations_table: Annotated[str, AfterValidator(_table)] = Field(
         _D.integrations_table, description="must be schema.table"
     )
@@ -331,6 +368,9 @@ class _Values(BaseModel):
     )
     events_channel: str = Field(_D.events_channel, description="must be a string")
     events_stream: str | None = Field(_D.events_stream, description="must be a string")
+    webhook_token: Annotated[
+        str, BeforeValidator(_secret), AfterValidator(_url_segment)
+    ] | None = Field(_D.webhook_token, description="must be a string")
     http_addr: Annotated[tuple[str, int], BeforeValidator(_address)] = Field(
         (_D.http_host, _D.http_port), description="must be host:port"
     )
@@ -347,13 +387,15 @@ class _Server(BaseModel):
 
     name: Annotated[str, AfterValidator(_server_name)] = Field(description="must be a string")
     url: Annotated[str, AfterValidator(_http_url)] = Field(description="must be a URL")
-    api_key: str = Field(description="must be a string")
+    api_key: Annotated[str, BeforeValidator(_secret), AfterValidator(_header_value)] = Field(
+        description="must be a string"
+    )
     version: Literal["auto", "v1", "v2"] = Field("auto", description="must be one of auto, v1, v2")
 
 
 _FIELDS = {f.alias or name: f for name, f in _Values.model_fields.items()}
 _SERVER_FIELDS = {f.alias or name: f for name, f in _Server.model_fields.items()}
-_SECRET_SETTINGS = frozenset({"database_url", "redis_url", "evolution_api_key"})
+_SECRET_SETTINGS = frozenset({"database_url", "redis_url", "evolution_api_key", "webhook_token"})
 _HIDDEN = _SECRET_SETTINGS | {"api_key"}
 """Keys whose values a message never shows."""
 _KEYS = (*_FIELDS, "evolution_url", "evolution_api_key")
@@ -442,10 +484,12 @@ def load_settings(
         probe_rps=values.probe_rps,
         probe_interval_seconds=values.probe_interval_seconds,
         http_timeout_seconds=values.http_timeout_seconds,
+        shutdown_seconds=values.shutdown_seconds,
         integrations_table=values.integrations_table,
         schema=values.own_schema,
         events_channel=values.events_channel,
         events_stream=values.events_stream,
+        webhook_token=values.webhook_token,
         http_host=values.http_addr[0],
         http_port=values.http_addr[1],
         log_format=values.log_format,
@@ -514,7 +558,7 @@ def _pick(
 
 
 def _read_secret(name: object, origin: str, base: Path | None) -> str:
-    """A mounted secret: the file's text without one trailing newline."""
+    """A mounted secret: the file's text (validation trims it)."""
     if not isinstance(name, str):
         raise _Invalid(f"{origin}: must be a file path, got {_show(name)}")
     path = Path(name) if base is None else base / name
@@ -524,9 +568,7 @@ def _read_secret(name: object, origin: str, base: Path | None) -> str:
         raise _Invalid(f"{origin}: {path} is not UTF-8 text") from None
     except OSError as e:
         raise _Invalid(f"{origin}: cannot read {path}: {e.strerror or e}") from None
-    if text.endswith("\n"):
-        text = text[:-1].removesuffix("\r")
-    if not text:
+    if not text.strip():
         raise _Invalid(f"{origin}: {path} is empty")
     return text
 

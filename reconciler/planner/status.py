@@ -129,7 +129,12 @@ def _why(inst: ObservedInstance) -> Disconnect:
 
 
 def _confirmed_down(view: PassView, inst: ObservedInstance) -> bool:
-    """Two observations at least `disconnect_after` apart: the earlier one is in memory."""
+    """Two observations at least `disconnect_after` apart: the earlier one is in memory.
+
+    A zero `disconnect_after` means no hysteresis: the first observation is enough (SPEC 8).
+    """
+    if not view.policy.disconnect_after:
+        return True
     entry = view.memory.instances.get((inst.server, inst.name))
     since = entry.not_connected_since if entry else None
     return since is not None and view.now - since >= view.policy.disconnect_after

@@ -59,6 +59,8 @@ def test_defaults_are_those_of_the_spec() -> None:
     assert (s.disconnect_after_seconds, s.mass_disconnect_fraction) == (120, 0.5)
     assert (s.probe_rps, s.probe_interval_seconds) == (10, 300)
     assert s.http_timeout_seconds == 60
+    assert s.shutdown_seconds == 10
+    assert s.webhook_token is None
     assert (s.integrations_table, s.schema) == ("healthcare.integrations", "reconciler")
     assert (s.events_channel, s.events_stream) == ("whatsapp:instance-events", None)
     assert (s.http_host, s.http_port) == ("0.0.0.0", 9478)
@@ -85,6 +87,10 @@ def test_policy_carries_the_settings_and_the_overrides() -> None:
     overridden = s.policy(allow_mass_deletion=True, mode=Mode.DRY_RUN)
     assert overridden.allow_mass_deletion
     assert overridden.mode is Mode.DRY_RUN
+
+
+def test_disconnect_after_zero_means_no_hysteresis() -> None:
+    assert load(RECONCILER_DISCONNECT_AFTER_SECONDS="0").policy().disconnect_after == timedelta(0)
 
 
 def test_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -120,6 +126,8 @@ def test_unknown_variables_are_ignored_with_a_warning() -> None:
         ("RECONCILER_MODE", "enforce", "mode", Mode.ENFORCE),
         ("RECONCILER_INTERVAL_SECONDS", "2.5", "interval_seconds", 2.5),
         ("RECONCILER_ORPHAN_GRACE_SECONDS", "0", "orphan_grace_seconds", 0),
+        ("RECONCILER_DISCONNECT_AFTER_SECONDS", "0", "disconnect_after_seconds", 0),
+        ("RECONCILER_SHUTDOWN_SECONDS", "2.5", "shutdown_seconds", 2.5),
         ("RECONCILER_ORPHAN_CONFIRMATIONS", "1", "orphan_confirmations", 1),
         ("RECONCILER_MAX_DELETIONS", "0", "max_deletions", 0),
         ("RECONCILER_MAX_DELETION_FRACTION", "1", "max_deletion_fraction", 1.0),
@@ -198,7 +206,10 @@ def test_protected_plain_names_match_exactly_and_regexes_search() -> None:
         ("RECONCILER_MAX_DELETION_FRACTION", "0", "must be a fraction in (0, 1]"),
         ("RECONCILER_MAX_DELETION_FRACTION", "1.01", "must be a fraction in (0, 1]"),
         ("RECONCILER_MASS_DISCONNECT_FRACTION", "half", "must be a fraction in (0, 1]"),
-        ("RECONCILER_DISCONNECT_AFTER_SECONDS", "0", "must be a number > 0"),
+        ("RECONCILER_DISCONNECT_AFTER_SECONDS", "-1", "must be a number >= 0"),
+        ("RECONCILER_SHUTDOWN_SECONDS", "0", "RECONCILER_SHUTDOWN_SECONDS: must be a number > 0"),
+        ("RECONCILER_SHUTDOWN_SECONDS", "-3", "must be a number > 0"),
+        ("RECONCILER_SHUTDOWN_SECONDS", "soon", "must be a number > 0"),
         ("RECONCILER_PROBE_RPS", "0", "must be a number > 0"),
         ("RECONCILER_PROBE_INTERVAL_SECONDS", "-5", "must be a number > 0"),
         ("RECONCILER_HTTP_TIMEOUT_SECONDS", "0", "must be a number > 0"),
@@ -226,6 +237,11 @@ def test_protected_plain_names_match_exactly_and_regexes_search() -> None:
         ("RECONCILER_EVOLUTION_URL", "http://", "with a host"),
         ("RECONCILER_EVOLUTION_URL", "http://evo:99999", "with a valid port"),
         ("RECONCILER_EVOLUTION_URL", "https://admin:pw@evo", "must not contain credentials"),
+        ("RECONCILER_EVOLUTION_URL", "https://evo.example/?instance=x",
+         'must not have a query string or fragment, got "https://evo.example/?instance=x"'),
+        ("RECONCILER_EVOLUTION_URL", "https://evo.example?", "must not have a query string"),
+        ("RECONCILER_EVOLUTION_URL", "https://evo.example/api#v2", "or fragment"),
+        ("RECONCILER_EVOLUTION_URL", "https://evo.example#", "or fragment"),
         ("RECONCILER_DATABASE_URL", "mysql://u:p@h/d", "must be a postgres:// or postgresql://"),
         ("RECONCILER_DATABASE_URL", "host=db user=app", "must be a postgres:// or postgresql://"),
         ("RECONCILER_REDIS_URL", "http://cache:6379", "must be a redis:// or rediss:// URL"),
@@ -306,9 +322,10 @@ def test_secret_from_file(tmp_path: Path, name: str, content: str, attribute: st
 
 @pytest.mark.parametrize(
     ("content", "expected"),
-    [("k", "k"), ("k\n", "k"), ("k\r\n", "k"), ("k\n\n", "k\n"), (" k \n", " k ")],
+    [("k", "k"), ("k\n", "k"), ("k\r\n", "k"), ("k\n\n", "k"), (" k \n", "k"),
+     ("\tk 2\n", "k 2")],
 )
-def test_secret_file_loses_exactly_one_trailing_newline(
+def test_secret_file_loses_surrounding_whitespace(
     tmp_path: Path, content: str, expected: str
 ) -> None:
     path = tmp_path / "key"
@@ -511,6 +528,11 @@ def test_evolution_api_key_with_listed_servers_is_an_error(tmp_path: Path) -> No
         ('name = "-x"\nurl = "http://e"\napi_key = "k"', "name of [[servers]] #1"),
         ('url = "http://e"\napi_key = "k"', "name of [[servers]] #1 in {config}: required"),
         ('name = "a"\napi_key = "k"', "url of [[servers]] #1 in {config}: required"),
+        ('name = "a"\nurl = "http://e/?x=1"\napi_key = "k"',
+         'url of [[servers]] #1 in {config}: must not have a query string or fragment, '
+         'got "http://e/?x=1"'),
+        ('name = "a"\nurl = "http://e#top"\napi_key = "k"',
+         "url of [[servers]] #1 in {config}: must not have a query string or fragment"),
         ('name = "a"\nurl = "e"\napi_key = "k"',
          'url of [[servers]] #1 in {config}: must be an http:// or https:// URL with a host, '
          'got "e"'),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,129 @@ def test_redact_leaves_ordinary_text_alone() -> None:
                         servers=(ServerConfig("a", "http://a", "k3y"),))
     assert redact("nothing secret here: 42 instances", settings) == (
         "nothing secret here: 42 instances")
+
+
+# --- surrounding whitespace, and keys an HTTP header cannot carry ------------------------------
+
+
+@pytest.mark.parametrize("padding", ["\n", "\r\n", " ", "\t \n\n"])
+def test_every_secret_from_the_environment_loses_surrounding_whitespace(padding: str) -> None:
+    env = {name: value if name == "RECONCILER_EVOLUTION_URL" else f"{padding}{value}{padding}"
+           for name, value in ENV.items()}
+    settings = load_settings({**env, "RECONCILER_WEBHOOK_TOKEN": f"hook-token{padding}"})
+    assert settings.database_url == ENV["RECONCILER_DATABASE_URL"]
+    assert settings.redis_url == ENV["RECONCILER_REDIS_URL"]
+    assert settings.servers[0].api_key == KEY
+    assert settings.webhook_token == "hook-token"
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["RECONCILER_DATABASE_URL", "RECONCILER_REDIS_URL", "RECONCILER_EVOLUTION_API_KEY",
+     "RECONCILER_WEBHOOK_TOKEN"],
+)
+def test_every_secret_from_a_file_loses_surrounding_whitespace(tmp_path: Path, name: str) -> None:
+    value = ENV.get(name, "hook-token")
+    path = tmp_path / "secret"
+    path.write_text(f" \n{value}\n\n")
+    settings = load_settings({**ENV, name: "", f"{name}_FILE": str(path)})
+    assert value in (settings.database_url, settings.redis_url, settings.servers[0].api_key,
+                     settings.webhook_token)
+
+
+def test_server_keys_in_toml_lose_surrounding_whitespace(tmp_path: Path) -> None:
+    (tmp_path / "b.key").write_text("key-of-b\r\n")
+    config = tmp_path / "r.toml"
+    config.write_text("""
+[[servers]]
+name = "a"
+url = "http://a"
+api_key = "key-of-a\\n"
+[[servers]]
+name = "b"
+url = "http://b"
+api_key_file = "b.key"
+""")
+    settings = load_settings({**ENV, "RECONCILER_EVOLUTION_URL": "",
+                              "RECONCILER_EVOLUTION_API_KEY": "",
+                              "RECONCILER_CONFIG": str(config)})
+    assert [s.api_key for s in settings.servers] == ["key-of-a", "key-of-b"]
+
+
+def test_a_secret_of_only_whitespace_is_an_error(tmp_path: Path) -> None:
+    message = error({**ENV, "RECONCILER_EVOLUTION_API_KEY": " \n"})
+    assert message == "RECONCILER_EVOLUTION_API_KEY: must not be empty"
+    path = tmp_path / "token"
+    path.write_text(" \n\n")
+    assert error({**ENV, "RECONCILER_WEBHOOK_TOKEN_FILE": str(path)}) == (
+        f"RECONCILER_WEBHOOK_TOKEN_FILE: {path} is empty")
+
+
+UNSENDABLE = ["clé-S3cret", "evo\nS3cret", "evo\rS3cret", "evo\x00S3cret", "evo\x1bS3cret",
+              "evo\x7fS3cret", "evo\u2028S3cret"]
+HEADER_PROBLEM = "must hold only printable ASCII characters (it is sent as an HTTP header)"
+
+
+@pytest.mark.parametrize("key", UNSENDABLE)
+def test_an_api_key_a_header_cannot_carry_is_named_and_never_shown(key: str) -> None:
+    message = error({**ENV, "RECONCILER_EVOLUTION_API_KEY": key})
+    assert message == f"RECONCILER_EVOLUTION_API_KEY: {HEADER_PROBLEM}"
+
+
+@pytest.mark.parametrize("key", UNSENDABLE)
+def test_an_unsendable_api_key_from_a_file_names_the_file_variable(
+    tmp_path: Path, key: str
+) -> None:
+    path = tmp_path / "key"
+    path.write_text(key + "\n")
+    message = error({**ENV, "RECONCILER_EVOLUTION_API_KEY": "",
+                     "RECONCILER_EVOLUTION_API_KEY_FILE": str(path)})
+    assert message == f"RECONCILER_EVOLUTION_API_KEY_FILE: {HEADER_PROBLEM}"
+
+
+@pytest.mark.parametrize("key", UNSENDABLE)
+def test_an_unsendable_server_key_in_toml_names_the_server_and_key(
+    tmp_path: Path, key: str
+) -> None:
+    config = tmp_path / "r.toml"
+    config.write_text(f'[[servers]]\nname = "a"\nurl = "http://a"\napi_key = {json.dumps(key)}\n')
+    message = error({**ENV, "RECONCILER_EVOLUTION_URL": "", "RECONCILER_EVOLUTION_API_KEY": "",
+                     "RECONCILER_CONFIG": str(config)})
+    assert message == f"api_key of [[servers]] #1 in {config}: {HEADER_PROBLEM}"
+
+
+def test_an_unsendable_single_key_in_toml_names_variable_and_key(tmp_path: Path) -> None:
+    config = tmp_path / "r.toml"
+    config.write_text('evolution_api_key = "evo\\tS3cret\\u00e9"\n')
+    message = error({**ENV, "RECONCILER_EVOLUTION_API_KEY": "", "RECONCILER_CONFIG": str(config)})
+    assert message == (f"RECONCILER_EVOLUTION_API_KEY (evolution_api_key in {config}): "
+                       f"{HEADER_PROBLEM}")
+
+
+def test_inner_spaces_are_sendable() -> None:
+    settings = load_settings({**ENV, "RECONCILER_EVOLUTION_API_KEY": "evo key with spaces"})
+    assert settings.servers[0].api_key == "evo key with spaces"
+
+
+# --- the webhook token (SPEC 4.6, 8) -------------------------------------------------------
+
+
+def test_the_webhook_token_is_unset_by_default() -> None:
+    assert load_settings(ENV).webhook_token is None
+
+
+def test_the_webhook_token_may_come_from_toml_and_never_shows(tmp_path: Path) -> None:
+    config = tmp_path / "r.toml"
+    config.write_text('webhook_token = "hook-S3cret"\n')
+    settings = load_settings({**ENV, "RECONCILER_CONFIG": str(config)})
+    assert settings.webhook_token == "hook-S3cret"
+    assert "hook-S3cret" not in repr(settings)
+    assert redact("token hook-S3cret", settings) == "token ***"
+
+
+@pytest.mark.parametrize("token", ["hook/S3cret", "hook?S3cret", "hook#S3cret", "hook S3cret",
+                                   "hook%S3cret", "höok-S3cret"])
+def test_a_webhook_token_a_url_path_cannot_carry_is_named_and_never_shown(token: str) -> None:
+    message = error({**ENV, "RECONCILER_WEBHOOK_TOKEN": token})
+    assert message.startswith("RECONCILER_WEBHOOK_TOKEN: must hold only ")
+    assert "S3cret" not in message

@@ -33,7 +33,7 @@ def test_every_series_that_can_exist_is_exported_from_the_start() -> None:
 
 
 def test_health_fails_when_the_loop_stops_ticking() -> None:
-    health = Health(interval_seconds=0.0)
+    health = Health(interval_seconds=5.0)
     assert health.alive()
     health.tick()
     assert health.alive()
@@ -46,3 +46,36 @@ def test_what_belongs_to_no_server_is_reported_under_the_first_one() -> None:
     metrics = Metrics(["br-2", "br-1"])
     assert metrics.server_label("") == "br-1"
     assert metrics.server_label("br-2") == "br-2"
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_health_is_alive_exactly_three_intervals_after_a_tick() -> None:
+    clock = Clock()
+    health = Health(interval_seconds=1.0, clock=clock)
+    assert health.alive(), "alive before the loop's first tick"
+    health.tick()
+    clock.now += 3.0
+    assert health.alive()
+    clock.now += 0.001
+    assert not health.alive()
+    health.tick()
+    assert health.alive()
+
+
+def test_health_scales_with_the_interval() -> None:
+    clock = Clock()
+    health = Health(interval_seconds=30.0, clock=clock)
+    health.tick()
+    clock.now += 89.9
+    assert health.alive()
+    clock.now += 0.2
+    assert not health.alive()
