@@ -201,6 +201,7 @@ class Executor:
         if not requested:
             return
         await reached("delete.verify.before")
+        await self.store.check_lease(lease)
         still_listed = await self._wait_until_absent(
             client, {a.instance_name for a, _ in requested})
         for action, intent in requested:
@@ -246,11 +247,13 @@ class Executor:
 
     async def _logout(self, client: EvolutionClient, action: Action) -> None:
         await reached("delete.logout.before")
+        await self.store.check_lease(self._lease(action.server))
         await client.logout(action.instance_name)
         await reached("delete.logout.after")
 
     async def _delete(self, client: EvolutionClient, action: Action) -> None:
         await reached("delete.call.before")
+        await self.store.check_lease(self._lease(action.server))
         await client.delete(action.instance_name)
         await reached("delete.call.after")
 

@@ -353,6 +353,11 @@ class Store:
                   a.blocked_by.value if a.blocked_by else None, outcome.value,
                   lease.epoch if lease else None) for a, outcome, lease in entries])
 
+    async def check_lease(self, lease: LeaseToken) -> None:
+        """Right before a call to Evolution: LeaseLost if the pass may no longer act."""
+        async with self._transaction("checking a lease", [lease]):
+            pass
+
     async def begin_delete(self, entry: InstanceMemory, *, lease: LeaseToken) -> None:
         """Persist a delete's intent and its event id before the first call (SPEC 5): whatever
         happens after, a later pass owes `instance.removed` under that one id."""
