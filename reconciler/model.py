@@ -69,6 +69,7 @@ class Guard(StrEnum):
     RECHECK = "recheck"
     PROTECTED = "protected"
     INCOMPLETE_READ = "incomplete_read"
+    INVALID_ROW = "invalid_row"
 
 
 BLAST_RADIUS_GUARDS = frozenset(
@@ -124,6 +125,9 @@ class DesiredState:
 
     instances: tuple[DesiredInstance, ...]
     invalid_rows: int = 0
+    claimed: frozenset[str] = frozenset()
+    """Instance keys (`names.instance_key`) that the invalid rows might be naming: an instance
+    one of them could own is claimed, never an orphan (SPEC 4.3 rule 5)."""
 
 
 @dataclass(frozen=True)

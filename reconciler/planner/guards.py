@@ -4,10 +4,12 @@
 2. ownership: `PROTECTED` (unmanaged instances never become candidates at all).
 3. fresh, complete evidence: `INCOMPLETE_READ` when any server's read failed.
 4. confirmation and age: `orphans` (an unconfirmed orphan is never a candidate).
-5. the point re-check: the executor's, right before the call.
-6. blast radius, per server: `EMPTY_DESIRED`, `COLLAPSE`, `MAX_DELETIONS`, `MAX_FRACTION`, lifted
-   for one pass by `allow_mass_deletion`. `EMPTY_DESIRED` and `COLLAPSE` also hold back
-   `mark_missing`: a vanished desired set or a half-empty server looks exactly like mass drift.
+5. the re-check: `INVALID_ROW` when a row that could not be read may name the instance; the
+   point re-check of the database is the executor's, right before the call.
+6. blast radius, per server: `EMPTY_DESIRED`, `COLLAPSE`, `MAX_DELETIONS`, `MAX_FRACTION` (one
+   deletion is always within the fraction), lifted for one pass by `allow_mass_deletion`.
+   `EMPTY_DESIRED` and `COLLAPSE` also hold back `mark_missing`: a vanished desired set or a
+   half-empty server looks exactly like mass drift.
 
 A held-back candidate stays in the plan with `blocked_by` set, so the executor audits it.
 """
@@ -37,11 +39,13 @@ def guard_deletes(view: PassView, candidates: Sequence[Action]) -> tuple[Action,
 
 
 def _evidence(view: PassView, action: Action) -> Guard | None:
-    """Guards 2 and 3: never lifted."""
+    """Guards 2, 3 and the claims of rule 5: never lifted."""
     if is_protected(view.policy, action.instance_name):
         return Guard.PROTECTED
     if not view.complete:
         return Guard.INCOMPLETE_READ
+    if view.is_claimed(action.instance_name):
+        return Guard.INVALID_ROW
     return None
 
 
@@ -56,7 +60,9 @@ def blast_radius(view: PassView, server: str, deletions: int) -> Guard | None:
         return mass_loss
     if deletions > policy.max_deletions:
         return Guard.MAX_DELETIONS
-    if deletions > policy.max_deletion_fraction * managed:
+    if deletions > 1 and deletions > policy.max_deletion_fraction * managed:
+        # One is always within: the incident itself is a server holding the orphan and its
+        # replacement, and 1 of 2 would otherwise exceed any fraction below one half for ever.
         return Guard.MAX_FRACTION
     return None
 

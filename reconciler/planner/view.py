@@ -25,6 +25,7 @@ from reconciler.model import (
     ServerInventory,
     ServerRead,
 )
+from reconciler.names import instance_key
 
 Key = tuple[str, str]
 """(server, instance name): how memory and actions address one instance."""
@@ -66,9 +67,11 @@ class PassView:
     listed: frozenset[str]
     """Every name (managed or not) that some complete read lists."""
     listed_on: Mapping[str, frozenset[str]]
-    listed_trimmed: frozenset[str]
-    desired_trimmed: frozenset[str]
-    copies_trimmed: Mapping[str, tuple[ObservedInstance, ...]]
+    listed_keys: frozenset[str]
+    desired_keys: frozenset[str]
+    claimed: frozenset[str]
+    """Keys that rows which could not be read may be naming (`DesiredState.claimed`)."""
+    copies_by_key: Mapping[str, tuple[ObservedInstance, ...]]
     unmanaged: tuple[ObservedInstance, ...]
     failed: frozenset[str]
     """Servers whose read failed: nothing is decided from them, their memory is left alone."""
@@ -80,17 +83,20 @@ class PassView:
         return not self.failed
 
     def is_desired(self, name: str) -> bool:
-        """Names that differ only by surrounding spaces count as one: Evolution 2.4 trims names
-        at create, older lines keep them, and a mismatch must never make a desired instance
-        an orphan."""
-        return name in self.rows_by_name or name.strip() in self.desired_trimmed
+        """By the one name rule (`names.instance_key`): a row spelling the name with the blanks
+        a server trimmed still owns the instance."""
+        return instance_key(name) in self.desired_keys
+
+    def is_claimed(self, name: str) -> bool:
+        """A row that could not be read may own it: not to be deleted (SPEC 4.3 rule 5)."""
+        return instance_key(name) in self.claimed
 
     def copies_of(self, name: str) -> tuple[ObservedInstance, ...]:
-        """The managed instances a row's name refers to, spaces around it forgiven."""
-        return self.copies.get(name) or self.copies_trimmed.get(name.strip(), ())
+        """The managed instances a row's name refers to, by the one name rule."""
+        return self.copies.get(name) or self.copies_by_key.get(instance_key(name), ())
 
     def is_listed(self, name: str) -> bool:
-        return name in self.listed or name.strip() in self.listed_trimmed
+        return name in self.listed or instance_key(name) in self.listed_keys
 
     def organization_id(self, name: str, row: DesiredInstance | None = None) -> UUID | None:
         """SPEC 5: the desired row's, else the tombstone's, else the name's `org` group."""
@@ -138,9 +144,9 @@ def build_view(
     for server in sorted(by_server):
         for inst in by_server[server]:
             copies[inst.name].append(inst)
-    trimmed: dict[str, list[ObservedInstance]] = defaultdict(list)
+    by_key: dict[str, list[ObservedInstance]] = defaultdict(list)
     for name in sorted(copies):
-        trimmed[name.strip()].extend(copies[name])
+        by_key[instance_key(name)].extend(copies[name])
     remembered: dict[str, list[InstanceMemory]] = defaultdict(list)
     for key in sorted(memory.instances):
         remembered[key[0]].append(memory.instances[key])
@@ -154,9 +160,10 @@ def build_view(
         copies={name: tuple(cs) for name, cs in copies.items()},
         listed=frozenset().union(*listed_on.values()),
         listed_on={s: frozenset(names) for s, names in listed_on.items()},
-        listed_trimmed=frozenset(n.strip() for names in listed_on.values() for n in names),
-        desired_trimmed=frozenset(name.strip() for name in rows),
-        copies_trimmed={name: tuple(cs) for name, cs in trimmed.items()},
+        listed_keys=frozenset(instance_key(n) for names in listed_on.values() for n in names),
+        desired_keys=frozenset(instance_key(name) for name in rows),
+        claimed=desired.claimed,
+        copies_by_key={key: tuple(cs) for key, cs in by_key.items()},
         unmanaged=tuple(unmanaged[k] for k in sorted(unmanaged)),
         failed=failed,
         remembered={s: tuple(entries) for s, entries in remembered.items()},

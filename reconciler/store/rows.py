@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -16,6 +17,7 @@ from reconciler.model import (
     LiveState,
     RowStatus,
 )
+from reconciler.names import instance_key
 from reconciler.reasons import INSTANCE_MISSING
 
 
@@ -48,36 +50,79 @@ class InvalidRow:
 
     row_id: UUID
     problem: str
+    claims: frozenset[str] = frozenset()
+    """What it might be naming (`claimed_keys` of its config): those instances are not orphans."""
+
+
+DESIRED_COLUMNS = (
+    "id, organization_id, enabled, status, disconnect_reason,"
+    " jsonb_typeof(config) AS config_type, config"
+)
+"""What `desired_from_row` reads: the read of the desired state and the point re-check share it."""
 
 
 def desired_from_row(row: Row) -> DesiredInstance | InvalidRow:
     """Decide whether a row names an instance.
 
-    `row` holds the row's columns plus `config_type` (`jsonb_typeof(config)`) and `instance_name`
-    (`config -> 'instance_name'`, decoded), so a config of any JSON type reaches here unharmed.
+    `row` holds `DESIRED_COLUMNS`: `config` decoded, whatever its JSON type, and `config_type`,
+    which tells a SQL NULL from a JSON null.
     """
     row_id: UUID = row["id"]
-    config_type = row["config_type"]
-    if config_type != "object":
-        return InvalidRow(row_id, f"config is not a JSON object but {config_type or 'NULL'}")
-    name = row["instance_name"]
-    if name is None:
-        return InvalidRow(row_id, "config has no instance_name")
-    if not isinstance(name, str):
-        return InvalidRow(row_id, f"config.instance_name is not a string but {type(name).__name__}")
-    if not name.strip():
-        return InvalidRow(row_id, "config.instance_name is empty")
-    if len(name) > MAX_INSTANCE_NAME:
-        return InvalidRow(row_id, f"config.instance_name is longer than {MAX_INSTANCE_NAME}"
-                                  " characters")
+    config = row["config"]
+    problem = _problem(row["config_type"], config)
+    if problem is not None:
+        return InvalidRow(row_id, problem, claimed_keys(config))
     return DesiredInstance(
         id=row_id,
         organization_id=row["organization_id"],
-        instance_name=name,
+        instance_name=config["instance_name"],
         enabled=bool(row["enabled"]),
         status=row["status"] or "",
         disconnect_reason=row["disconnect_reason"],
     )
+
+
+def _problem(config_type: str | None, config: object) -> str | None:
+    if config_type != "object" or not isinstance(config, dict):
+        return f"config is not a JSON object but {config_type or 'NULL'}"
+    name = config.get("instance_name")
+    if name is None:
+        return "config has no instance_name"
+    if not isinstance(name, str):
+        return f"config.instance_name is not a string but {type(name).__name__}"
+    if not instance_key(name):
+        return "config.instance_name is empty"
+    if len(name) > MAX_INSTANCE_NAME:
+        return f"config.instance_name is longer than {MAX_INSTANCE_NAME} characters"
+    if isinstance(_decoded(name), str | list | dict):
+        return "config.instance_name is double-encoded JSON"
+    return None
+
+
+def claimed_keys(config: object) -> frozenset[str]:
+    """Every string anywhere in a config (object keys too), also inside strings that hold JSON,
+    as keys by the one name rule: a row that could not be read might be naming any of them."""
+    keys: set[str] = set()
+    pending = [config]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            keys.update(instance_key(k) for k in value)
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, str):
+            keys.add(instance_key(value))
+            pending.append(_decoded(value))
+    return frozenset(keys)
+
+
+def _decoded(text: str) -> object:
+    """`text` parsed as JSON, or None; a decoded string is shorter, so decoding again ends."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
 
 
 def status_change(action: Action) -> tuple[str, str | None]:

@@ -30,9 +30,11 @@ from reconciler.model import (
     PassCounts,
     Tombstone,
 )
+from reconciler.names import instance_key
 from reconciler.store.errors import IntegrationsTableMissing, LeaseLost, StoreError
 from reconciler.store.names import SqlNames
 from reconciler.store.rows import (
+    DESIRED_COLUMNS,
     OBSERVATION_COLUMNS,
     InvalidRow,
     LeaseToken,
@@ -260,41 +262,55 @@ class Store:
     async def read_desired(self) -> DesiredState:
         async with self._snapshot("reading desired state", table=True) as conn:
             rows = await conn.fetch(
-                "SELECT id, organization_id, enabled, status, disconnect_reason,"
-                " jsonb_typeof(config) AS config_type,"
-                " CASE WHEN jsonb_typeof(config) = 'object' THEN config -> 'instance_name' END"
-                " AS instance_name"
-                f" FROM {self._names.table}"
+                f"SELECT {DESIRED_COLUMNS} FROM {self._names.table}"
                 " WHERE type = 'whatsapp' AND provider = 'evolution' ORDER BY id"
             )
         instances: list[DesiredInstance] = []
         invalid = 0
+        claimed: set[str] = set()
         for row in rows:
             parsed = desired_from_row(row)
             if isinstance(parsed, InvalidRow):
                 invalid += 1
+                claimed |= parsed.claims
                 log.warning("invalid_integration_row", row_id=str(parsed.row_id),
                             problem=parsed.problem, table=self._names.table_display)
             else:
                 instances.append(parsed)
-        return DesiredState(instances=tuple(instances), invalid_rows=invalid)
+        return DesiredState(instances=tuple(instances), invalid_rows=invalid,
+                            claimed=frozenset(claimed))
 
     async def row_names_instance(
         self, instance_name: str, *, lease: LeaseToken | None = None
     ) -> bool:
-        """The point re-check before a delete: any row of the type naming it, even a broken one.
+        """The point re-check before a delete: a row of the type naming it by the one name rule,
+        even a disabled one, or a row that could not be read claiming it, decided as `read_desired`
+        decides.
+
+        The SQL only narrows the rows down, with a superset of what may name or claim the key:
+        the key is a substring of every spelling of it, and the text of a jsonb holds each string
+        verbatim unless JSON escapes a character of it, and then it holds a backslash. A table
+        scan, for the few deletes of a pass.
 
         With `lease`, the decision to delete is fenced too: LeaseLost if it is no longer current.
         """
+        key = instance_key(instance_name)
         leases = [lease] if lease else []
         async with self._transaction("re-checking the desired row", leases, table=True) as conn:
-            found = await conn.fetchval(
-                f"SELECT EXISTS (SELECT 1 FROM {self._names.table}"
+            rows = await conn.fetch(
+                f"SELECT {DESIRED_COLUMNS} FROM {self._names.table}"
                 " WHERE type = 'whatsapp' AND provider = 'evolution'"
-                " AND config ->> 'instance_name' = $1)",
-                instance_name,
+                " AND (strpos(config::text, $1) > 0 OR strpos(config::text, chr(92)) > 0)",
+                key,
             )
-        return bool(found)
+        for row in rows:
+            parsed = desired_from_row(row)
+            if isinstance(parsed, InvalidRow):
+                if key in parsed.claims:
+                    return True
+            elif instance_key(parsed.instance_name) == key:
+                return True
+        return False
 
     # --- writes that act on decisions ----------------------------------------------------------
 

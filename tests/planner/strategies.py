@@ -216,10 +216,19 @@ ROWS = _coded(_row, *_ROW_POOLS)
 """One integration row (its id is set by the desired state that holds it)."""
 
 
+_CLAIMS = _coded_lists(lambda d: d.pick(NAMES), (NAMES,), 2)
+"""Names that rows which could not be read may be claiming (keys by the one name rule)."""
+
+
 def desired_states() -> st.SearchStrategy[DesiredState]:
-    return _coded_lists(_row, _ROW_POOLS, 7).map(lambda rows: DesiredState(tuple(
-        replace(r, id=UUID(int=i + 1)) for i, r in enumerate(rows)
-    )))
+    return st.builds(
+        lambda rows, claimed: DesiredState(
+            tuple(replace(r, id=UUID(int=i + 1)) for i, r in enumerate(rows)),
+            claimed=frozenset(claimed),
+        ),
+        _coded_lists(_row, _ROW_POOLS, 7),
+        st.just([]) | _CLAIMS,
+    )
 
 
 _STREAKS = (0, 1, 2, 3)

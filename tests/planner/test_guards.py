@@ -17,6 +17,7 @@ from reconciler.model import (
     Policy,
     Tombstone,
 )
+from reconciler.names import instance_key
 from tests.planner.builders import (
     ENFORCE,
     deletes,
@@ -228,3 +229,60 @@ def test_default_policy_is_the_spec_defaults() -> None:
     policy = Policy()
     assert (policy.orphan_confirmations, policy.orphan_grace, policy.max_deletions,
             policy.max_deletion_fraction) == (2, timedelta(seconds=300), 10, 0.25)
+
+
+def test_one_deletion_per_server_is_always_within_the_fraction() -> None:
+    """The incident's own shape: the orphan and the clinic's new instance. 1 > 25 % of 2, yet
+    holding it back would keep the two sessions fighting for ever (SPEC 4.3 rule 6)."""
+    reads = [server("s1", inst(name(1)), inst(name(2)))]
+    plan = run(rows(name(2)), reads, released(name(1)))
+    assert guards_of(plan) == {name(1): None}
+    assert not plan.blocked
+    alone = run(rows(name(2)), [server("s1", inst(name(1)))], released(name(1)),
+                policy=replace(ENFORCE, max_deletion_fraction=0.01))
+    assert guards_of(alone) == {name(1): None}, "a server listing only the orphan"
+
+
+def test_two_deletions_on_a_small_server_are_still_beyond_the_fraction() -> None:
+    reads = [server("s1", inst(name(1)), inst(name(2)), inst(name(3)))]
+    plan = run(rows(name(3)), reads, released(name(1), name(2)))
+    assert guards_of(plan) == dict.fromkeys([name(1), name(2)], Guard.MAX_FRACTION)
+    assert plan.blocked
+
+
+def test_the_single_deletion_still_answers_to_the_other_blast_radius_guards() -> None:
+    reads = [server("s1", inst(name(1)), inst(name(2)))]
+    none_allowed = run(rows(name(2)), reads, released(name(1)),
+                       policy=replace(ENFORCE, max_deletions=0))
+    assert guards_of(none_allowed) == {name(1): Guard.MAX_DELETIONS}
+    assert guards_of(run(desired(), reads, released(name(1)))) == {name(1): Guard.EMPTY_DESIRED}
+    shrunk = replace(released(name(1)), last_counts={"s1": PassCounts(desired=3, observed=2)})
+    assert guards_of(run(rows(name(2)), reads, shrunk)) == {name(1): Guard.COLLAPSE}
+
+
+def test_an_instance_claimed_by_an_unreadable_row_is_never_deleted() -> None:
+    """SPEC 4.3 rule 5: a row whose instance_name is a list, an object or double-encoded may be
+    the instance's owner; it is claimed, not orphaned, whatever the override or a tombstone say."""
+    claimed, orphan = name(1), name(2)
+    reads = [server("s1", *(inst(n) for n in KEPT), inst(claimed), inst(orphan))]
+    state = replace(rows(*KEPT), claimed=frozenset({claimed}))
+    plan = passes(2, state, reads)
+    assert guards_of(plan) == {claimed: Guard.INVALID_ROW, orphan: None}
+    assert not plan.blocked, "invalid_row is no blast-radius guard: nothing to override"
+    for policy in (ENFORCE, MASS):
+        released_too = run(state, reads, released(claimed, orphan), policy=policy)
+        assert guards_of(released_too) == {claimed: Guard.INVALID_ROW, orphan: None}
+
+
+def test_a_claim_uses_the_one_name_rule() -> None:
+    claimed = name(1)
+    reads = [server("s1", *(inst(n) for n in KEPT), inst(claimed))]
+    state = replace(rows(*KEPT), claimed=frozenset({instance_key(f"\u00a0{claimed}\t")}))
+    assert guards_of(run(state, reads, released(claimed))) == {claimed: Guard.INVALID_ROW}
+
+
+def test_a_claimed_instance_does_not_count_against_the_blast_radius() -> None:
+    reads = [server("s1", inst(name(1)), inst(name(2)), inst(name(3)))]
+    state = replace(rows(name(3)), claimed=frozenset({name(1)}))
+    plan = run(state, reads, released(name(1), name(2)))
+    assert guards_of(plan) == {name(1): Guard.INVALID_ROW, name(2): None}

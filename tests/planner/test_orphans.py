@@ -167,15 +167,16 @@ def test_the_incident_orphan_on_the_number_of_a_new_instance_is_deleted_as_a_dup
     assert drift_of(second, "support-bot") == {DriftKind.UNMANAGED}
 
 
-def test_on_a_tiny_server_the_fraction_guard_holds_even_the_incident_back() -> None:
-    """With the default 25 %, a server listing only A and B cannot lose one of two instances;
-    the operator lifts it with `once --allow-mass-deletion`."""
+def test_on_a_tiny_server_the_incident_is_fixed_under_the_default_fraction() -> None:
+    """A server listing only A and B: one deletion is always within the 25 % (SPEC 4.3 rule 6),
+    otherwise the incident itself would never converge without an operator."""
     number = "5511999990001"
     reads = [server("s1", inst(name(1), number=number), inst(name(2), number=number))]
     plan = passes(2, rows(name(2)), reads)
-    assert only(deletes(plan)).blocked_by == "max_fraction"
-    lifted = passes(2, rows(name(2)), reads, policy=replace(ENFORCE, allow_mass_deletion=True))
-    assert only(deletes(lifted)).blocked_by is None
+    delete = only(deletes(plan))
+    assert (delete.instance_name, delete.reason, delete.blocked_by) == (
+        name(1), "duplicate_number", None)
+    assert not plan.blocked
 
 
 def test_an_orphan_that_is_not_live_on_a_desired_number_is_a_plain_orphan() -> None:
@@ -341,3 +342,14 @@ def test_a_pending_removal_is_confirmed_when_its_name_now_holds_a_new_instance()
     confirmation = only([a for a in deletes(after) if a.already_gone])
     assert (confirmation.instance_name, confirmation.event_id) == (name(1), EVENT_ID)
     assert not [a for a in deletes(after) if not a.already_gone], "the new one is young"
+
+
+def test_every_blank_some_line_trims_at_create_is_forgiven() -> None:
+    """JavaScript's trim (Evolution 2.4) also removes U+FEFF, which Python's str.strip keeps."""
+    policy = replace(ENFORCE, orphan_confirmations=1, orphan_grace=timedelta(0))
+    trimmed = name(1)
+    reads = [server("s1", inst(trimmed), *(inst(n) for n in KEPT))]
+    for spelling in (f"\ufeff{trimmed}", f"{trimmed}\u00a0", f"\u3000{trimmed}\n"):
+        plan = passes(2, rows(spelling, *KEPT), reads, policy=policy)
+        assert deletes(plan) == [], repr(spelling)
+        assert drift_of(plan, trimmed) == set(), repr(spelling)

@@ -29,6 +29,7 @@ from reconciler.model import (
     ServerInventory,
     ServerReadError,
 )
+from reconciler.names import BLANKS
 from tests.planner.simulation import apply, taken
 from tests.planner.strategies import Scenario, scenarios
 
@@ -70,8 +71,10 @@ def why_wrong(s: Scenario, action: Action) -> str | None:
     inst = listed(s, action.server, name)
     if inst is None:
         return "not listed by that server"
-    if any(row.instance_name == name for row in s.desired.instances):
+    if any(row.instance_name.strip() == name for row in s.desired.instances):
         return "named by a desired row"
+    if name in s.desired.claimed:
+        return "claimed by a row that could not be read"
     if not policy.managed_pattern.fullmatch(name):
         return "unmanaged"
     if any(p.search(name) for p in policy.protected):
@@ -107,12 +110,45 @@ def test_never_exceeds_the_blast_radius(s: Scenario) -> None:
     for server, n in per_server.items():
         managed, wanted = managed_on(s, server), len(s.desired.instances)
         assert n <= s.policy.max_deletions
-        assert n <= s.policy.max_deletion_fraction * managed
+        assert n == 1 or n <= s.policy.max_deletion_fraction * managed
         assert wanted > 0
         last = s.memory.last_counts.get(server)
         if last is not None:
             assert wanted * 2 >= last.desired and managed * 2 >= last.observed, "a collapse"
     assert plan.blocked == any(a.blocked_by in BLAST_RADIUS_GUARDS for a in plan.actions)
+
+
+@THOROUGH
+@given(scenarios())
+def test_one_deletion_is_never_held_back_by_the_fraction(s: Scenario) -> None:
+    """SPEC 4.3 rule 6: the fraction blocks a server's deletions only when there are several."""
+    held = Counter(a.server for a in s.plan().actions if a.blocked_by is Guard.MAX_FRACTION)
+    for server, n in held.items():
+        assert n > 1 and n > s.policy.max_deletion_fraction * managed_on(s, server)
+
+
+@THOROUGH
+@given(scenarios())
+def test_a_claimed_instance_is_only_ever_audited_as_blocked(s: Scenario) -> None:
+    for action in s.plan().actions:
+        if action.kind is ActionKind.DELETE and action.instance_name in s.desired.claimed:
+            assert action.already_gone or action.blocked_by in (
+                Guard.INVALID_ROW, Guard.PROTECTED, Guard.INCOMPLETE_READ), action
+
+
+@THOROUGH
+@given(scenarios(), st.lists(st.tuples(st.text(BLANKS, max_size=2), st.text(BLANKS, max_size=2))))
+def test_spelling_a_row_with_surrounding_blanks_deletes_nothing_more(
+    s: Scenario, blanks: list[tuple[str, str]]
+) -> None:
+    """SPEC 3: one name rule; a row that keeps the spaces Evolution trimmed still owns it."""
+    spelled = tuple(
+        replace(r, instance_name=before + r.instance_name + after)
+        for r, (before, after) in zip(s.desired.instances, blanks + [("", "")] * 8, strict=False)
+    )
+    respelled = replace(s, desired=replace(s.desired, instances=spelled))
+    original = {(a.server, a.instance_name) for a in real_deletes(s.plan().actions)}
+    assert {(a.server, a.instance_name) for a in real_deletes(respelled.plan().actions)} <= original
 
 
 @THOROUGH

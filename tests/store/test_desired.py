@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 from store_helpers import App
@@ -68,3 +69,59 @@ async def test_point_recheck(store: Store, app: App) -> None:
     assert not await store.row_names_instance("clinic-other-type")
     assert not await store.row_names_instance("clinic-absent")
     assert not await store.row_names_instance("clinic-HERE")
+
+
+UNREADABLE = {
+    "list": {"instance_name": ["clinic-listed"]},
+    "object": {"instance_name": {"name": "clinic-object"}},
+    "double-encoded": {"instance_name": json.dumps("clinic-quoted")},
+    "config a JSON string": json.dumps({"instance_name": "clinic-stringly"}),
+    "nested deeper": {"instance_name": None,
+                      "old": json.dumps([{"n": json.dumps(" clinic-deep\t")}])},
+    "too long, other field": {"instance_name": "c" * 256, "previous": "clinic-previous"},
+}
+
+
+async def test_unreadable_rows_claim_every_string_in_their_config(
+        store: Store, app: App) -> None:
+    """SPEC 4.3 rule 5: what such a row might be naming is claimed, by the one name rule."""
+    for config in UNREADABLE.values():
+        await app.insert(config=config)
+    good = await app.insert(config={"instance_name": "clinic-ok", "previous": "clinic-old"})
+
+    desired = await store.read_desired()
+
+    assert [d.id for d in desired.instances] == [good]
+    assert desired.invalid_rows == len(UNREADABLE)
+    assert {"clinic-listed", "clinic-object", "clinic-quoted", "clinic-stringly", "clinic-deep",
+            "clinic-previous"} <= desired.claimed
+    assert "clinic-old" not in desired.claimed, "a readable row names only its instance_name"
+    assert "clinic-ok" not in desired.claimed
+
+
+async def test_the_point_recheck_uses_the_one_name_rule(store: Store, app: App) -> None:
+    await app.insert(instance_name="clinic-spaced ")
+    await app.insert(instance_name="\ufeffclinic-bom")
+    await app.insert(instance_name='clinic-"odd"\\name\n')
+
+    assert await store.row_names_instance("clinic-spaced")
+    assert await store.row_names_instance(" clinic-spaced\u00a0")
+    assert await store.row_names_instance("clinic-bom")
+    assert await store.row_names_instance('clinic-"odd"\\name')
+    assert not await store.row_names_instance("clinic-spaced-not")
+    assert not await store.row_names_instance("clinic-SPACED")
+
+
+async def test_the_point_recheck_refuses_what_an_unreadable_row_claims(
+        store: Store, app: App) -> None:
+    for config in UNREADABLE.values():
+        await app.insert(config=config)
+    await app.insert(config={"instance_name": "clinic-ok", "previous": "clinic-old"})
+    await app.insert(config={"instance_name": ["clinic-other-type"]}, type="email")
+
+    for claimed in ("clinic-listed", "clinic-object", "clinic-quoted", "clinic-stringly",
+                    "clinic-deep", "clinic-previous"):
+        assert await store.row_names_instance(claimed), claimed
+    assert not await store.row_names_instance("clinic-old")
+    assert not await store.row_names_instance("clinic-other-type")
+    assert not await store.row_names_instance("clinic-absent")

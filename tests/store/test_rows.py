@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
 
 from reconciler.model import Action, ActionKind, DesiredInstance
 from reconciler.store.names import SqlNames
-from reconciler.store.rows import InvalidRow, desired_from_row, status_change
+from reconciler.store.rows import InvalidRow, claimed_keys, desired_from_row, status_change
 from reconciler.store.store import _passwords
 
 
@@ -24,15 +25,41 @@ def test_names_are_quoted() -> None:
 def test_desired_from_row() -> None:
     row_id, org = uuid.uuid4(), uuid.uuid4()
     base = {"id": row_id, "organization_id": org, "enabled": None, "status": "pending",
-            "disconnect_reason": None, "config_type": "object", "instance_name": "clinic-a"}
+            "disconnect_reason": None, "config_type": "object",
+            "config": {"instance_name": "clinic-a"}}
     assert desired_from_row(base) == DesiredInstance(row_id, org, "clinic-a", False, "pending",
                                                      None)
-    assert desired_from_row({**base, "config_type": "array"}) == InvalidRow(
-        row_id, "config is not a JSON object but array")
-    assert desired_from_row({**base, "config_type": None}) == InvalidRow(
+    assert desired_from_row({**base, "config_type": "array", "config": ["clinic-a"]}) == \
+        InvalidRow(row_id, "config is not a JSON object but array", frozenset({"clinic-a"}))
+    assert desired_from_row({**base, "config_type": None, "config": None}) == InvalidRow(
         row_id, "config is not a JSON object but NULL")
-    assert desired_from_row({**base, "instance_name": 7}) == InvalidRow(
-        row_id, "config.instance_name is not a string but int")
+    assert desired_from_row({**base, "config": {"instance_name": 7}}) == InvalidRow(
+        row_id, "config.instance_name is not a string but int", frozenset({"instance_name"}))
+
+
+@pytest.mark.parametrize("name", ['"clinic-a"', ' ["clinic-a"]', '{"n": "clinic-a"}'])
+def test_a_double_encoded_instance_name_is_unreadable(name: str) -> None:
+    """Its decoded value is what the row means; taken as a name it would orphan the instance."""
+    row = {"id": uuid.uuid4(), "organization_id": None, "enabled": True, "status": "connected",
+           "disconnect_reason": None, "config_type": "object", "config": {"instance_name": name}}
+    invalid = desired_from_row(row)
+    assert isinstance(invalid, InvalidRow)
+    assert invalid.problem == "config.instance_name is double-encoded JSON"
+    assert "clinic-a" in invalid.claims
+
+
+def test_claims_are_every_string_also_inside_strings_that_hold_json() -> None:
+    config = {"instance_name": ["\tclinic-a "], "meta": {"clinic-key": 1, "n": 2.5, "b": True},
+              "old": json.dumps({"x": json.dumps(["clinic-deep"])}), "bad": "{not json"}
+    claims = claimed_keys(config)
+    assert {"clinic-a", "clinic-key", "clinic-deep", "{not json", "instance_name"} <= claims
+    assert "\tclinic-a " not in claims, "keys by the one name rule"
+    assert claimed_keys(json.dumps("clinic-b")) == {json.dumps("clinic-b"), "clinic-b"}
+    assert claimed_keys(None) == frozenset()
+    deep: object = "clinic-bottom"
+    for _ in range(5000):
+        deep = [deep]
+    assert "clinic-bottom" in claimed_keys(deep), "no recursion limit to hide behind"
 
 
 def test_status_change() -> None:
