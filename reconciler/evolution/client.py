@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable, Collection, Set
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, TypeVar, cast
-from urllib.parse import quote
 
 import anyio
 import httpx
@@ -52,6 +51,7 @@ from reconciler.evolution.wire import (
     ParseError,
     line_from_listing,
     line_from_root,
+    path_segment,
     version_tuple,
 )
 from reconciler.model import (
@@ -420,7 +420,7 @@ class EvolutionClient:
             await anyio.sleep(slot - now)
         try:
             answer = await self._send(
-                "connectionState", "GET", f"/instance/connectionState/{quote(name, safe='')}")
+                "connectionState", "GET", _instance_path("connectionState", name))
             if answer.status != 200:
                 return LiveState.UNKNOWN
             return parse_connection_state(answer.json())
@@ -496,7 +496,7 @@ class EvolutionClient:
                 return _instance_gone(message)
             return answer.status == 400 and "not connected" in (message or "")
 
-        await self._write("logout", f"/instance/logout/{quote(name, safe='')}", done)
+        await self._write("logout", _instance_path("logout", name), done)
         self._log.info("evolution.logged_out", instance=name)
 
     async def delete(self, name: str) -> None:
@@ -513,8 +513,12 @@ class EvolutionClient:
                     status=400, needs_logout=True)
             return False
 
-        await self._write("delete", f"/instance/delete/{quote(name, safe='')}", done)
+        await self._write("delete", _instance_path("delete", name), done)
         self._log.info("evolution.delete_requested", instance=name)
+
+
+def _instance_path(route: str, name: str) -> str:
+    return f"/instance/{route}/{path_segment(name)}"
 
 
 def _safe_json(answer: _Answer) -> Any:

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from reconciler.model import Disconnect, LiveState, ObservedInstance
 from reconciler.reasons import classify, parse_disconnect_object
@@ -32,6 +33,16 @@ class Listing:
 
     instances: tuple[ObservedInstance, ...]
     warnings: tuple[str, ...] = ()
+
+
+def path_segment(name: str) -> str:
+    """A name as one URL path segment, for every path that names an instance (SPEC 3).
+
+    `/`, `?`, `#` and `%` are percent-encoded; the dot segments `.` and `..` too, or the HTTP
+    client normalises them away (`/instance/delete/..` would become `/instance`).
+    """
+    segment = quote(name, safe="")
+    return "%2E" * len(segment) if segment in (".", "..") else segment
 
 
 def live_state(value: object) -> LiveState:
