@@ -326,12 +326,22 @@ class EvolutionClient:
         return detected
 
     def _parse(self, line: str, body: object) -> Listing:
+        """The listing, each odd item reported (its anomaly reaches logs, audit and output)."""
         try:
             if line == V1:
-                return v1.parse_listing(body, self._server.name)
-            return v2.parse_listing(body, self._server.name)
+                listing = v1.parse_listing(body, self._server.name)
+            else:
+                listing = v2.parse_listing(body, self._server.name)
         except ParseError as exc:
             raise EvolutionError(self._scrub(f"fetchInstances ({line}): {exc}")) from exc
+        instances = []
+        for instance in listing.instances:
+            if instance.anomaly is not None:
+                instance = replace(instance, anomaly=self._scrub(instance.anomaly))
+                self._log.warning("evolution.item_anomaly", instance=instance.name,
+                                  anomaly=instance.anomaly)
+            instances.append(instance)
+        return Listing(tuple(instances))
 
     async def read(self, *, want_live: Collection[str] = ()) -> ServerRead:
         """One pass's read of this server: who it holds, and in which live state.
@@ -351,8 +361,6 @@ class EvolutionClient:
                 status=exc.status)
             return ServerReadError(server=self._server.name, stage=READ_STAGE,
                                    error=exc.message, operator_error=exc.operator_error)
-        for warning in listing.warnings:
-            self._log.warning("evolution.disconnect_object_unreadable", detail=warning)
         instances = listing.instances
         if line == V2:
             instances = await self._with_live(instances, frozenset(want_live))

@@ -143,6 +143,9 @@ class SimInstance:
     qr_count: int = 0
     deleting_until: float | None = None
     """v2 deletes asynchronously: the instance stays listed until this monotonic time."""
+    odd_fields: dict[str, Any] = field(default_factory=dict)
+    """Listed verbatim over the simulated fields (v2 row, v1 `instance` object): what a foreign
+    tool or a hand-edited database leaves behind."""
 
     @property
     def stored(self) -> str:
@@ -655,7 +658,7 @@ class Simulator:
         messages, contacts, chats = instance.counts
         row |= {"Sqs": None, "Websocket": None, "Setting": setting,
                 "_count": {"Message": messages, "Contact": contacts, "Chat": chats}}
-        return row
+        return row | instance.odd_fields
 
     def _v1_item(self, instance: SimInstance) -> dict[str, Any]:
         inner: dict[str, Any] = {"instanceName": instance.name, "instanceId": instance.id}
@@ -674,7 +677,7 @@ class Simulator:
                                               "webhook_wa_business": webhook})
             inner |= {"serverUrl": self.url, "apikey": instance.token,
                       "integration": integration}
-        return {"instance": inner}
+        return {"instance": inner | instance.odd_fields}
 
     def _fetch(self, key: str | None, params: Mapping[str, str]) -> Response:
         if self._v1:
