@@ -169,6 +169,8 @@ class ObservedInstance:
     """The recorded terminal disconnect; only set while the stored status is `close`."""
     instance_id: str | None = None
     client_name: str | None = None
+    anomaly: str | None = None
+    """What was odd in the listed item (its odd fields read as absent): never deleted for it."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable, Collection, Set
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, TypeVar, cast
-from urllib.parse import quote
 
 import anyio
 import httpx
@@ -52,6 +51,7 @@ from reconciler.evolution.wire import (
     ParseError,
     line_from_listing,
     line_from_root,
+    path_segment,
     version_tuple,
 )
 from reconciler.model import (
@@ -326,12 +326,22 @@ class EvolutionClient:
         return detected
 
     def _parse(self, line: str, body: object) -> Listing:
+        """The listing, each odd item reported (its anomaly reaches logs, audit and output)."""
         try:
             if line == V1:
-                return v1.parse_listing(body, self._server.name)
-            return v2.parse_listing(body, self._server.name)
+                listing = v1.parse_listing(body, self._server.name)
+            else:
+                listing = v2.parse_listing(body, self._server.name)
         except ParseError as exc:
             raise EvolutionError(self._scrub(f"fetchInstances ({line}): {exc}")) from exc
+        instances = []
+        for instance in listing.instances:
+            if instance.anomaly is not None:
+                instance = replace(instance, anomaly=self._scrub(instance.anomaly))
+                self._log.warning("evolution.item_anomaly", instance=instance.name,
+                                  anomaly=instance.anomaly)
+            instances.append(instance)
+        return Listing(tuple(instances))
 
     async def read(self, *, want_live: Collection[str] = ()) -> ServerRead:
         """One pass's read of this server: who it holds, and in which live state.
@@ -351,8 +361,6 @@ class EvolutionClient:
                 status=exc.status)
             return ServerReadError(server=self._server.name, stage=READ_STAGE,
                                    error=exc.message, operator_error=exc.operator_error)
-        for warning in listing.warnings:
-            self._log.warning("evolution.disconnect_object_unreadable", detail=warning)
         instances = listing.instances
         if line == V2:
             instances = await self._with_live(instances, frozenset(want_live))
@@ -420,7 +428,7 @@ class EvolutionClient:
             await anyio.sleep(slot - now)
         try:
             answer = await self._send(
-                "connectionState", "GET", f"/instance/connectionState/{quote(name, safe='')}")
+                "connectionState", "GET", _instance_path("connectionState", name))
             if answer.status != 200:
                 return LiveState.UNKNOWN
             return parse_connection_state(answer.json())
@@ -496,7 +504,7 @@ class EvolutionClient:
                 return _instance_gone(message)
             return answer.status == 400 and "not connected" in (message or "")
 
-        await self._write("logout", f"/instance/logout/{quote(name, safe='')}", done)
+        await self._write("logout", _instance_path("logout", name), done)
         self._log.info("evolution.logged_out", instance=name)
 
     async def delete(self, name: str) -> None:
@@ -513,8 +521,12 @@ class EvolutionClient:
                     status=400, needs_logout=True)
             return False
 
-        await self._write("delete", f"/instance/delete/{quote(name, safe='')}", done)
+        await self._write("delete", _instance_path("delete", name), done)
         self._log.info("evolution.delete_requested", instance=name)
+
+
+def _instance_path(route: str, name: str) -> str:
+    return f"/instance/{route}/{path_segment(name)}"
 
 
 def _safe_json(answer: _Answer) -> Any:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import quote, unquote
 
 import anyio
 import uvicorn
@@ -142,6 +143,9 @@ class SimInstance:
     qr_count: int = 0
     deleting_until: float | None = None
     """v2 deletes asynchronously: the instance stays listed until this monotonic time."""
+    odd_fields: dict[str, Any] = field(default_factory=dict)
+    """Listed verbatim over the simulated fields (v2 row, v1 `instance` object): what a foreign
+    tool or a hand-edited database leaves behind."""
 
     @property
     def stored(self) -> str:
@@ -271,6 +275,9 @@ class Simulator:
         self.licensed = licensed
         self.expose = expose
         self.requests: list[tuple[str, str]] = []
+        """(method, decoded path and query) of every request received."""
+        self.raw_requests: list[tuple[str, str]] = []
+        """(method, request target as sent on the wire): what a client encoded, and how."""
         self._v = parsed
         self._v1 = parsed[0] < 2
         self._host = host
@@ -490,13 +497,14 @@ class Simulator:
 
     # --- dispatch --------------------------------------------------------------------------
 
-    def _route(self, method: str, path: str) -> tuple[str | None, str | None]:
+    def _route(self, method: str, raw_path: str) -> tuple[str | None, str | None]:
+        """Express matches the raw path: the name is one segment (`[^/]+`), decoded after."""
         fixed = {("GET", "/"): "root", ("GET", "/metrics"): "metrics",
                  ("POST", "/instance/create"): "create",
                  ("GET", "/instance/fetchInstances"): "fetchInstances"}
-        if (method, path) in fixed:
-            return fixed[(method, path)], None
-        match = re.fullmatch(r"/instance/([A-Za-z]+)/(.+)", path, flags=re.DOTALL)
+        if (method, raw_path) in fixed:
+            return fixed[(method, raw_path)], None
+        match = re.fullmatch(r"/instance/([A-Za-z]+)/([^/]+)", raw_path)
         if not match:
             return None, None
         methods = {"connectionState": "GET", "connect": "GET", "logout": "DELETE",
@@ -504,15 +512,18 @@ class Simulator:
                    "restart": "PUT" if self._v1 else "POST"}
         if methods.get(match[1]) != method:
             return None, None
-        return match[1], match[2]
+        return match[1], unquote(match[2])
 
     async def _handle(self, request: Request) -> Response:
         method = request.method
         path: str = request.scope["path"]
+        raw_path = request.scope.get("raw_path") or quote(path).encode()
+        target = raw_path.decode("latin-1")
         query = request.url.query
         with self._lock:
             self.requests.append((method, path + (f"?{query}" if query else "")))
-        endpoint, name = self._route(method, path)
+            self.raw_requests.append((method, target + (f"?{query}" if query else "")))
+        endpoint, name = self._route(method, target)
         fault = self._take_fault(endpoint or "unknown")
         if fault is not None:
             faulted = await self._apply(fault)
@@ -647,7 +658,7 @@ class Simulator:
         messages, contacts, chats = instance.counts
         row |= {"Sqs": None, "Websocket": None, "Setting": setting,
                 "_count": {"Message": messages, "Contact": contacts, "Chat": chats}}
-        return row
+        return row | instance.odd_fields
 
     def _v1_item(self, instance: SimInstance) -> dict[str, Any]:
         inner: dict[str, Any] = {"instanceName": instance.name, "instanceId": instance.id}
@@ -666,7 +677,7 @@ class Simulator:
                                               "webhook_wa_business": webhook})
             inner |= {"serverUrl": self.url, "apikey": instance.token,
                       "integration": integration}
-        return {"instance": inner}
+        return {"instance": inner | instance.odd_fields}
 
     def _fetch(self, key: str | None, params: Mapping[str, str]) -> Response:
         if self._v1:

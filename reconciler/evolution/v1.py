@@ -7,6 +7,7 @@ needed. It records no disconnect reason and no creation time.
 from __future__ import annotations
 
 from reconciler.evolution.wire import (
+    ItemReader,
     Listing,
     ParseError,
     live_state,
@@ -26,16 +27,13 @@ def _inner(item: object, where: str) -> dict[str, object]:
 
 
 def parse_item(item: object, server: str, where: str = "item") -> ObservedInstance:
+    """One wrapper as the domain type. Only an unreadable name is fatal: any other odd field
+    reads as absent and is named in `anomaly` (an unknown status is no live state at all)."""
     inner = _inner(item, where)
     name = str(inner["instanceName"])
-    status = inner.get("status")
-    if not isinstance(status, str):
-        raise ParseError(f"{where}: status is missing or not a string")
-    owner = inner.get("owner")
-    if owner is not None and not isinstance(owner, str):
-        raise ParseError(f"{where}: owner is {type(owner).__name__}")
-    instance_id = inner.get("instanceId")
-    disconnect, _ = recorded_disconnect(status, None, None, name=name)
+    read = ItemReader(inner)
+    status = read.state("status")
+    owner = read.get("owner", str)
     return ObservedInstance(
         server=server,
         name=name,
@@ -44,9 +42,10 @@ def parse_item(item: object, server: str, where: str = "item") -> ObservedInstan
         owner_jid=owner,
         number=normalise_number(owner),
         created_at=None,
-        disconnect=disconnect,
-        instance_id=instance_id if isinstance(instance_id, str) else None,
+        disconnect=recorded_disconnect(status, None, None),
+        instance_id=read.get("instanceId", str),
         client_name=None,
+        anomaly=read.anomaly,
     )
 
 

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from reconciler.model import Disconnect, LiveState, ObservedInstance
 from reconciler.reasons import classify, parse_disconnect_object
@@ -19,6 +20,9 @@ V2 = "v2"
 API_LINES = (V1, V2)
 
 _STATES = {s.value: s for s in (LiveState.OPEN, LiveState.CONNECTING, LiveState.CLOSE)}
+_STATE_NAMES = "open, connecting or close"
+_SHOWN = 40
+"""How much of an odd value an anomaly quotes: enough to recognise it, never a whole blob."""
 _VERSION = re.compile(r"^\s*v?(\d+)\.(\d+)(?:\.(\d+))?")
 
 
@@ -28,10 +32,80 @@ class ParseError(ValueError):
 
 @dataclass(frozen=True)
 class Listing:
-    """A parsed `fetchInstances` answer, and the problems worth a log line that did not stop it."""
+    """A parsed `fetchInstances` answer; items with an odd field carry an `anomaly`."""
 
     instances: tuple[ObservedInstance, ...]
-    warnings: tuple[str, ...] = ()
+
+
+class ItemReader:
+    """Reads the fields of one listed item whose name was readable (SPEC 3).
+
+    An odd field reads as absent and is noted, so that one foreign or broken item is decided on
+    its own (conservatively, by the planner) instead of making the whole listing unusable.
+    """
+
+    def __init__(self, item: Mapping[str, Any]) -> None:
+        self._item = item
+        self._odd: dict[str, str] = {}
+
+    def note(self, key: str, why: str) -> None:
+        shown = repr(self._item[key]) if key in self._item else ""
+        if len(shown) > _SHOWN:
+            shown = shown[: _SHOWN - 3] + "..."
+        self._odd[key] = f"{key} {shown} {why}" if shown else f"{key} {why}"
+
+    def is_odd(self, *keys: str) -> bool:
+        return any(key in self._odd for key in keys)
+
+    @property
+    def anomaly(self) -> str | None:
+        return "; ".join(self._odd.values()) or None
+
+    def get(self, key: str, kind: type) -> Any:
+        """The value if it is absent, null or of `kind` (a boolean is never an int here)."""
+        value = self._item.get(key)
+        if value is None or (isinstance(value, kind) and not isinstance(value, bool)):
+            return value
+        self.note(key, f"is {type(value).__name__}, not {kind.__name__}")
+        return None
+
+    def state(self, key: str) -> str | None:
+        """A stored status: one of Evolution's three states, or odd (missing included)."""
+        value = self._item.get(key)
+        if isinstance(value, str) and value in _STATES:
+            return value
+        self.note(key, "is missing" if key not in self._item else "is not " + _STATE_NAMES)
+        return None
+
+    def time(self, key: str) -> datetime | None:
+        value = self._item.get(key)
+        if value is None:
+            return None
+        try:
+            parsed = datetime.fromisoformat(value) if isinstance(value, str) else None
+        except ValueError:
+            parsed = None
+        if parsed is None:
+            self.note(key, "is not an ISO-8601 timestamp")
+            return None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+    def disconnect_object(self, key: str) -> dict[str, Any] | None:
+        try:
+            return parse_disconnect_object(self._item.get(key))
+        except ValueError as exc:
+            self.note(key, f"is unreadable ({exc})")
+            return None
+
+
+def path_segment(name: str) -> str:
+    """A name as one URL path segment, for every path that names an instance (SPEC 3).
+
+    `/`, `?`, `#` and `%` are percent-encoded; the dot segments `.` and `..` too, or the HTTP
+    client normalises them away (`/instance/delete/..` would become `/instance`).
+    """
+    segment = quote(name, safe="")
+    return "%2E" * len(segment) if segment in (".", "..") else segment
 
 
 def live_state(value: object) -> LiveState:
@@ -46,18 +120,6 @@ def normalise_number(jid: str | None) -> str | None:
     user = jid.split("@", 1)[0].split(":", 1)[0]
     digits = "".join(c for c in user if "0" <= c <= "9")
     return digits or None
-
-
-def parse_time(value: object, what: str) -> datetime | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ParseError(f"{what} is {type(value).__name__}, not a timestamp string")
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise ParseError(f"{what} is not an ISO-8601 timestamp") from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def version_tuple(version: str | None) -> tuple[int, int, int] | None:
@@ -93,17 +155,10 @@ def line_from_listing(body: object) -> str | None:
 
 
 def recorded_disconnect(
-    stored_status: str | None, code: int | None, raw_object: object, *, name: str
-) -> tuple[Disconnect | None, str | None]:
-    """The disconnect a listing records, and a warning when its object cannot be decoded.
-
-    Evolution never clears the disconnect fields, so they count only while the stored status is
-    `close`; a broken `disconnectionObject` is classified by its code alone.
-    """
+    stored_status: str | None, code: int | None, obj: dict[str, Any] | None
+) -> Disconnect | None:
+    """The disconnect a listing records: Evolution never clears the disconnect fields, so they
+    count only while the stored status is `close`."""
     if stored_status != LiveState.CLOSE.value:
-        return None, None
-    try:
-        obj = parse_disconnect_object(raw_object)
-    except ValueError as exc:
-        return classify(code), f"instance {name!r}: disconnectionObject is unreadable ({exc})"
-    return classify(code, obj), None
+        return None
+    return classify(code, obj)

@@ -70,6 +70,10 @@ def decide_orphans(view: PassView) -> OrphanDecision:
             instances[key] = entry
             if not is_protected(view.policy, inst.name):
                 contested.add(server)
+            if inst.anomaly is not None:
+                detail = f"not deleted while its listing is odd: {inst.anomaly}"
+                drift.append(Drift(server, inst.name, DriftKind.ORPHAN_PENDING, detail))
+                continue
             confirmed, detail = _confirmation(view, inst, entry)
             if not confirmed:
                 drift.append(Drift(server, inst.name, DriftKind.ORPHAN_PENDING, detail))

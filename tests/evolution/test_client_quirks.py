@@ -52,9 +52,10 @@ async def test_broken_disconnect_object_is_reported_not_fatal(
     sim.add("fine")
     with capture_logs() as logs:
         read = await make_client(sim).read()
-    assert by_name(read)["broken"].disconnect == Disconnect("logged_out", True, 401)
-    warnings = [e for e in logs if e["event"] == "evolution.disconnect_object_unreadable"]
-    assert len(warnings) == 1 and "broken" in warnings[0]["detail"]
+    assert by_name(read)["broken"].disconnect == Disconnect("connection_closed", False, None)
+    warnings = [e for e in logs if e["event"] == "evolution.item_anomaly"]
+    assert len(warnings) == 1 and warnings[0]["instance"] == "broken"
+    assert "disconnectionObject" in warnings[0]["anomaly"]
 
 
 async def test_disconnect_fields_are_never_cleared(sim: Simulator, make_client: MakeClient) -> None:

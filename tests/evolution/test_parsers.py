@@ -35,16 +35,16 @@ def v2_row(**changes: Any) -> dict[str, Any]:
 
 def closed_with(code: int | None, obj: object) -> Disconnect | None:
     raw = json.dumps(obj) if isinstance(obj, dict) else obj
-    observed, _ = v2.parse_item(v2_row(connectionStatus="close", disconnectionReasonCode=code,
-                                       disconnectionObject=raw), "s")
+    observed = v2.parse_item(v2_row(connectionStatus="close", disconnectionReasonCode=code,
+                                    disconnectionObject=raw), "s")
     return observed.disconnect
 
 
 def test_v1_and_v2_normalise_one_instance_identically() -> None:
     row = v2_row(id="c1d2e3f4-a5b6-4c7d-8e9f-0a1b2c3d4e5f")
-    from_v2, warning = v2.parse_item(row, "s")
+    from_v2 = v2.parse_item(row, "s")
     from_v1 = v1.parse_item(V1_ITEMS[0], "s")
-    assert warning is None
+    assert from_v2.anomaly is None
     assert from_v1.name == from_v2.name == "shop-01"
     assert from_v1.number == from_v2.number == "5511987650001"
     assert from_v1.live == LiveState.OPEN, "v1 lists the in-memory state"
@@ -63,7 +63,7 @@ def test_v1_closed_instance_has_no_recorded_reason() -> None:
 def test_v2_payload_rows() -> None:
     listing = v2.parse_listing(V2_ROWS, "br-1")
     open_, stale, removed = listing.instances
-    assert listing.warnings == ()
+    assert [i.anomaly for i in listing.instances] == [None, None, None]
     assert open_.disconnect is None and open_.owner_jid == "5511987650001@s.whatsapp.net"
     assert stale.stored_status == "connecting"
     assert stale.disconnect is None, "a stale 401 counts only while the stored status is close"
@@ -76,7 +76,7 @@ def test_v2_payload_rows() -> None:
 
 def test_v2_2_2_row_without_nats_parses() -> None:
     item = load(PAYLOADS / "v2" / "fetchInstances-2.2.x-item.json")
-    observed, _ = v2.parse_item(item, "s")
+    observed = v2.parse_item(item, "s")
     assert observed.name == "shop-01" and observed.number == "5511987650001"
 
 
@@ -104,22 +104,22 @@ def test_disconnect_reasons(code: int | None, obj: object, reason: str, terminal
 def test_disconnect_object_may_arrive_decoded() -> None:
     row = v2_row(connectionStatus="close", disconnectionReasonCode=401,
                  disconnectionObject=VARIANTS["device_removed_from_phone__401"])
-    assert v2.parse_item(row, "s")[0].disconnect == Disconnect("device_removed", True, 401)
+    assert v2.parse_item(row, "s").disconnect == Disconnect("device_removed", True, 401)
 
 
 @pytest.mark.parametrize("broken", ['{"error": {"data":', "[1, 2]", "not json at all"])
-def test_broken_disconnect_object_is_reported_and_classified_by_code(broken: str) -> None:
+def test_broken_disconnect_object_is_reported_and_gives_no_terminal_reason(broken: str) -> None:
     row = v2_row(connectionStatus="close", disconnectionReasonCode=401, disconnectionObject=broken)
-    observed, warning = v2.parse_item(row, "s")
-    assert observed.disconnect == Disconnect("logged_out", True, 401)
-    assert warning is not None and "shop-01" in warning
+    observed = v2.parse_item(row, "s")
+    assert observed.disconnect == Disconnect("connection_closed", False, None)
+    assert observed.anomaly is not None and "disconnectionObject" in observed.anomaly
 
 
 @pytest.mark.parametrize("status", ["open", "connecting"])
 def test_stale_disconnect_fields_are_ignored_unless_closed(status: str) -> None:
     row = v2_row(connectionStatus=status, disconnectionReasonCode=403,
                  disconnectionObject=json.dumps(VARIANTS["forbidden_banned__403"]))
-    assert v2.parse_item(row, "s")[0].disconnect is None
+    assert v2.parse_item(row, "s").disconnect is None
 
 
 @pytest.mark.parametrize(("jid", "number"), [
@@ -162,11 +162,6 @@ def test_license_gate_is_recognised() -> None:
 @pytest.mark.parametrize(("body", "problem"), [
     ({"status": 200}, "not a list"),
     ([{"connectionStatus": "open"}], "name"),
-    ([v2_row(connectionStatus=None)], "connectionStatus"),
-    ([v2_row(disconnectionReasonCode="401")], "disconnectionReasonCode"),
-    ([v2_row(disconnectionReasonCode=True)], "boolean"),
-    ([v2_row(createdAt="yesterday")], "createdAt"),
-    ([v2_row(ownerJid=5511)], "ownerJid"),
     (["shop-01"], "not an object"),
 ])
 def test_v2_listing_that_cannot_be_parsed(body: object, problem: str) -> None:
@@ -183,9 +178,8 @@ def test_v1_single_object_answer() -> None:
 
 
 @pytest.mark.parametrize("body", [
-    [{"instance": {"instanceName": "x"}}],
+    [{"instance": {"status": "open"}}],
     [{"instanceName": "x", "status": "open"}],
-    [{"instance": {"instanceName": "x", "status": "open", "owner": 5}}],
     {"error": True, "message": ["Instance \"x\" not found"]},
 ])
 def test_v1_listing_that_cannot_be_parsed(body: object) -> None:
