@@ -116,3 +116,14 @@ async def test_unreachable_database_is_a_store_error_without_the_password() -> N
         await Store.connect("postgresql://app:s3cr3t-pw@127.0.0.1:1/db")
     assert "s3cr3t-pw" not in str(caught.value)
     assert "connecting to the database" in str(caught.value)
+
+
+@pytest.mark.parametrize("failure", [
+    asyncpg.InternalClientError("cannot perform operation: another operation is in progress"),
+    asyncpg.InterfaceError("cannot perform operation: another operation is in progress"),
+    asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+])
+async def test_every_driver_failure_is_a_store_error(store: Store, failure: Exception) -> None:
+    """Database trouble, never "a pass failed unexpectedly": the pass still publishes."""
+    with pytest.raises(StoreError, match="operation"), store._failures("reading the outbox"):
+        raise failure
