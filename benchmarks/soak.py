@@ -73,8 +73,7 @@ DISCONNECT_AFTER = 6.0
 HTTP_TIMEOUT = 4.0
 MANAGED = re.compile(r"^clinic-(?P<org>[0-9a-fA-F-]{36})-(?P<ts>[0-9]+)$")
 FAULT_KINDS = ("redis_down", "db_kill", "server_hang", "server_restart", "replica_kill")
-TO_DISCONNECTED = {"mark_disconnected", "mark_missing"}
-DISCONNECT_EVENTS = {"instance.disconnected", "instance.missing"}
+MARK_EVENTS = {"instance.disconnected", "instance.missing", "instance.connected"}
 
 
 def free_port() -> int:
@@ -199,6 +198,10 @@ class SimHost:
         result: list[soak_sim.DestructiveCall] = await asyncio.to_thread(
             self._request, ("destructive",))
         return result
+
+    async def destructive_count(self) -> int:
+        count: int = await asyncio.to_thread(self._request, ("destructive_count",))
+        return count
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):
@@ -599,13 +602,16 @@ class Soak:
     async def fault(self, kind: str) -> None:
         """Inject one fault and clear it; the `finally` clears it whatever happens."""
         started = time.time()
-        self.stats.faults[kind] += 1
+        aimed = kind in ("db_kill", "replica_kill") and self.rng.random() < 0.5
+        self.stats.faults[kind + (" (aimed)" if aimed else "")] += 1
         server = self.rng.choice(SERVERS)
         try:
             if kind == "redis_down":
                 self.redis.stop()
                 await asyncio.sleep(self.rng.uniform(10, 20))
             elif kind == "db_kill":
+                if aimed:
+                    await self.at_a_delete_call()
                 for _ in range(3):
                     await self.db.execute(
                         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
@@ -626,7 +632,9 @@ class Soak:
                 await self.sims.call(server, "restart_sessions")
                 await asyncio.sleep(self.rng.uniform(12, 20))
             elif kind == "replica_kill":
-                victim = self.rng.choice(self.replicas)
+                if aimed:
+                    await self.at_a_delete_call()
+                victim = await self.leader() or self.rng.choice(self.replicas)
                 victim.kill()
                 await asyncio.sleep(self.rng.uniform(3, 8))
         finally:
@@ -644,6 +652,28 @@ class Soak:
                     if replica.proc is None or replica.proc.poll() is not None:
                         replica.start()
             self.stats.fault_windows.append((kind, started, time.time()))
+
+    async def at_a_delete_call(self) -> None:
+        """Return right after the servers receive a logout or delete call (the daemon is then
+        between its call and its audit row, the worst moment to lose it), or after 3 intervals.
+        Deletes a row first, so that an orphan is on its way."""
+        baseline = await self.sims.destructive_count()
+        await self.churn_delete_row()
+        for _ in range(int(3 * INTERVAL / 0.01)):
+            if await self.sims.destructive_count() != baseline:
+                return
+            await asyncio.sleep(0.01)
+
+    async def leader(self) -> Replica | None:
+        """A replica that leads a server now (its `leader` gauge), if one answers."""
+        async with httpx.AsyncClient(timeout=1) as http:
+            for replica in self.rng.sample(self.replicas, len(self.replicas)):
+                with contextlib.suppress(httpx.HTTPError):
+                    text = (await http.get(f"http://127.0.0.1:{replica.port}/metrics")).text
+                    if any(line.startswith("evolution_reconciler_leader{")
+                           and not line.endswith(" 0.0") for line in text.splitlines()):
+                        return replica
+        return None
 
     async def fault_loop(self) -> None:
         kinds: list[str] = []
@@ -777,35 +807,36 @@ class Soak:
                 removed.setdefault((e["server"], e["instance_name"]), set()).add(e["event_id"])
         found["removed"] = [f"{s}/{n}: {len(ids)} ids" for (s, n), ids in removed.items()
                             if len(ids) > 1]
-        last: dict[str, tuple[bool, datetime]] = {}
+        # One name's marks alternate (disconnected or missing, then connected, ...): the same
+        # mark twice in a row, with no status write by the churn between, is one decision twice.
+        last: dict[str, tuple[str, datetime]] = {}
         for r in audit:
             if r["outcome"] != "ok" or not r["action"].startswith("mark_"):
                 continue
-            down = r["action"] in TO_DISCONNECTED
             previous = last.get(r["instance_name"])
             writes = self.fleet.status_writes.get(r["instance_name"], [])
-            if previous is not None and previous[0] == down and not any(
+            if previous is not None and previous[0] == r["action"] and not any(
                     previous[1].timestamp() < w < r["at"].timestamp() for w in writes):
                 found["marks_audit"].append(f"{r['action']} {r['instance_name']} (audit "
                                             f"{r['id']})")
-            last[r["instance_name"]] = (down, r["at"])
+            last[r["instance_name"]] = (r["action"], r["at"])
         seen_ids: set[str] = set()
-        direction: dict[str, bool] = {}
+        previous_type: dict[str, str] = {}
         for e in events:
             if e["event_id"] in seen_ids:
                 continue  # delivered twice under one id: allowed
             seen_ids.add(e["event_id"])
-            if e["type"] not in DISCONNECT_EVENTS | {"instance.connected"}:
+            if e["type"] not in MARK_EVENTS:
                 continue
-            down = e["type"] in DISCONNECT_EVENTS
-            if direction.get(e["instance_name"]) == down:
+            if previous_type.get(e["instance_name"]) == e["type"]:
                 found["marks_stream"].append(f"{e['type']} {e['instance_name']}")
-            direction[e["instance_name"]] = down
+            previous_type[e["instance_name"]] = e["type"]
         audited = {str(r["event_id"]) for r in audit if r["event_id"]}
         found["unaudited"] = sorted({f"{e['type']} {e['instance_name']} {e['event_id']}"
                                      for e in events if e["event_id"] not in audited})
         # A group may clear and reappear with each server restart or hang: one id each time.
-        allowed = 1 + self.stats.faults["server_restart"] + self.stats.faults["server_hang"]
+        allowed = 1 + sum(n for k, n in self.stats.faults.items()
+                          if k in ("server_restart", "server_hang"))
         groups: dict[tuple[str, str], set[str]] = {}
         for e in events:
             if e["type"] == "instance.duplicate":
@@ -873,13 +904,16 @@ class Soak:
               f"{sum(c.endpoint == 'delete' for c in calls)})")
         print("audit (action:outcome):            "
               + ", ".join(f"{k}={v}" for k, v in sorted(outcomes.items())))
+        silent = sum(r["outcome"] == "ok" and not r["event_id"] and r["action"] != "flag"
+                     for r in audit)
+        print(f"ok decisions without an event_id:  {silent}")
         print("guards that blocked:               "
               + (", ".join(f"{k}={v}" for k, v in sorted(guards.items())) or "none"))
         print(f"events on the stream:              {len(events)} ("
               + ", ".join(f"{k}={v}" for k, v in sorted(Counter(
                   e["type"] for e in events).items())) + f"; {len(stream_ids)} distinct ids)")
         print("faults injected:                   "
-              + ", ".join(f"{k}={self.stats.faults[k]}" for k in FAULT_KINDS))
+              + ", ".join(f"{k}={v}" for k, v in sorted(self.stats.faults.items())))
         print("churn:                             "
               + ", ".join(f"{k}={v}" for k, v in sorted(self.stats.churn.items())))
         print(f"passes:                            {sum(self.stats.passes.values()):.0f} by the "

@@ -77,7 +77,7 @@ def serve(conn: Connection, servers: dict[str, int], api_key: str) -> None:
 
     Protocol: the child sends `{name: url}` once serving, then answers each command tuple with
     `("ok", result)` or `("error", repr)`: `("call", server, method, args, kwargs)`,
-    `("snapshot", server)`, `("destructive", since_index)`, `("stop",)`.
+    `("snapshot", server)`, `("destructive",)`, `("destructive_count",)`, `("stop",)`.
     """
     sims = {name: RecordingSimulator(name, api_key=api_key, version="2.3.6",
                                      client_name=f"soak_{name}", metrics_enabled=True,
@@ -101,6 +101,8 @@ def serve(conn: Connection, servers: dict[str, int], api_key: str) -> None:
                     conn.send(("ok", None))
                 elif command[0] == "snapshot":
                     conn.send(("ok", sims[command[1]].snapshot()))
+                elif command[0] == "destructive_count":
+                    conn.send(("ok", sum(len(s.destructive) for s in sims.values())))
                 elif command[0] == "destructive":
                     calls = sorted((c for s in sims.values() for c in list(s.destructive)),
                                    key=lambda c: c.at)
