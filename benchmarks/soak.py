@@ -311,6 +311,7 @@ class Soak:
         self.replicas: list[Replica] = []
         self.pool: asyncpg.Pool | None = None
         self.deadline = 0.0
+        self.churn_stopped = 0.0
         self.tasks: set[asyncio.Task[None]] = set()
 
     # --- setup and teardown ----------------------------------------------------------------
@@ -596,6 +597,8 @@ class Soak:
         while time.time() < self.deadline:
             await self.churn_step()
             await self.nap(0.8, 2.0)
+        await self.settle()
+        self.churn_stopped = time.time()
 
     # --- faults -----------------------------------------------------------------------------
 
@@ -855,10 +858,11 @@ class Soak:
         done = False
         scraper = asyncio.create_task(self.scrape_loop(lambda: done))
         await asyncio.gather(self.churn_loop(), self.fault_loop(), self.once_loop())
-        await self.settle()
         for task in list(self.tasks):
             task.cancel()
-        last_cleared = max([end for _, _, end in self.stats.fault_windows] + [time.time()])
+        # Quiet from here: the churn settled its flaps and stopped, the last fault is cleared.
+        last_cleared = max([end for _, _, end in self.stats.fault_windows]
+                           + [self.churn_stopped])
         print("soak: churn and faults over, waiting for convergence", flush=True)
         quiet = max(90.0, 20 * INTERVAL)
         took, problems = await self.converge(last_cleared, quiet)
