@@ -901,7 +901,7 @@ class Soak:
                   f" ({len(problems)} differences)")
         else:
             print(f"longest time to converge:          {took:.1f} s after the last fault cleared"
-                  f" ({took / INTERVAL:.1f} intervals of {INTERVAL:.0f} s)")
+                  f" and the churn stopped ({took / INTERVAL:.1f} intervals of {INTERVAL:.0f} s)")
         print("--- totals")
         print(f"deletions on the servers:          {len(deletes)} (logout calls "
               f"{sum(c.endpoint == 'logout' for c in calls)}, delete calls "
