@@ -2,8 +2,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
+MINUTES ?= 30
 
-.PHONY: demo test lint typecheck deploy-checks unit bench
+.PHONY: demo test lint typecheck deploy-checks unit bench soak
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -32,3 +33,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_pass.py --instances 1000
 	$(PY) benchmarks/bench_pass.py --instances 10000
 	$(PY) benchmarks/bench_read.py
+
+# Not part of `make test`: two replicas under churn and faults for $(MINUTES) minutes, then checks.
+soak: $(VENV)/.installed
+	$(PY) benchmarks/soak.py --minutes $(MINUTES)
