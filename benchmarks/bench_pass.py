@@ -27,9 +27,9 @@ import anyio
 import asyncpg
 import httpx
 
-from reconciler.cli import open_controller
 from reconciler.observability import configure_logging
 from reconciler.settings import load_settings
+from reconciler.wiring import open_controller
 
 KEY = "bench-key"
 
@@ -90,15 +90,15 @@ async def bench(instances: int, metrics_enabled: bool) -> None:
         configure_logging("console", "error")
         print(f"{len(listing)} instances listed, {len(rows)} desired rows, live state from "
               f"{'/metrics' if metrics_enabled else 'connectionState probes'}")
-        async with open_controller(settings) as controller, controller.leading():
+        async with open_controller(settings) as controller, controller.leadership.leading():
             for label in ("cold pass", "warm pass", "traced pass"):
-                before = requests_total(controller.metrics.exposition().decode())
+                before = requests_total(controller.recorder.metrics.exposition().decode())
                 if label == "traced pass":
                     tracemalloc.start()
                 started = time.perf_counter()
                 result = await controller.run_pass()
                 elapsed = time.perf_counter() - started
-                made = requests_total(controller.metrics.exposition().decode()) - before
+                made = requests_total(controller.recorder.metrics.exposition().decode()) - before
                 line = (f"{label}: {elapsed * 1000:.0f} ms, {made:.0f} Evolution requests, "
                         f"{len(result.plan.drift) if result.plan else 0} drift entries, "
                         f"{len(result.report.outcomes)} actions audited, errors={result.errors}")

@@ -4,81 +4,41 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Sequence
 
 import anyio
 import structlog
 
 from reconciler import __version__
-from reconciler.controller import Controller
-from reconciler.events import EventPublisher
-from reconciler.evolution.client import EvolutionClient
+from reconciler.controller import PassOptions
+from reconciler.loop import run_forever
 from reconciler.model import Mode, ServerInventory
-from reconciler.observability import Health, Metrics, configure_logging
+from reconciler.observability import configure_logging
 from reconciler.output import escape_controls, render_json, render_table
 from reconciler.settings import Settings, SettingsError, load_settings, redact
-from reconciler.store import IntegrationsTableMissing, Store, StoreError
+from reconciler.store import StoreError
+from reconciler.wiring import UsageError, open_controller, open_store, serving, stop_on_signals
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BLOCKED = 0, 1, 2, 3
 
 log = structlog.get_logger()
 
 
-class UsageError(Exception):
-    """Bad settings or a missing integrations table: exit 2, before anything is changed."""
-
-
-@asynccontextmanager
-async def open_store(settings: Settings, *, require_table: bool = True) -> AsyncIterator[Store]:
-    """The database, its own schema migrated, and (by default) the integrations table checked."""
-    store = await Store.connect(settings.database_url,
-                                integrations_table=settings.integrations_table,
-                                schema=settings.schema)
-    try:
-        await store.migrate()
-        if require_table:
-            try:
-                await store.check_integrations_table()
-            except IntegrationsTableMissing as exc:
-                raise UsageError(f"RECONCILER_INTEGRATIONS_TABLE: {exc}") from exc
-        yield store
-    finally:
-        await store.close()
-
-
-@asynccontextmanager
-async def open_controller(settings: Settings, *, metrics: Metrics | None = None,
-                          health: Health | None = None) -> AsyncIterator[Controller]:
-    """Connect every adapter, migrate the own schema, and close everything on the way out."""
-    metrics = metrics or Metrics([s.name for s in settings.servers])
-    async with AsyncExitStack() as stack:
-        store = await stack.enter_async_context(open_store(settings))
-        clients = {}
-        for server in settings.servers:
-            client = EvolutionClient(server, timeout=settings.http_timeout_seconds,
-                                     metrics=metrics, probe_rps=settings.probe_rps,
-                                     probe_interval=settings.probe_interval_seconds)
-            stack.push_async_callback(client.aclose)
-            clients[server.name] = client
-        publisher = EventPublisher(settings.redis_url, channel=settings.events_channel,
-                                   stream=settings.events_stream)
-        stack.push_async_callback(publisher.aclose)
-        yield Controller(settings, store, clients, publisher, metrics, health)
-
-
-async def cmd_once(settings: Settings, args: argparse.Namespace, *, record: bool) -> int:
-    mode = Mode.DRY_RUN if getattr(args, "dry_run", False) else None
-    allow = bool(getattr(args, "allow_mass_deletion", False))
+async def cmd_once(settings: Settings, args: argparse.Namespace, *, plan_only: bool) -> int:
+    options = PassOptions(
+        allow_mass_deletion=bool(getattr(args, "allow_mass_deletion", False)),
+        mode=Mode.DRY_RUN if getattr(args, "dry_run", False) else None,
+        plan_only=plan_only,
+    )
     async with open_controller(settings) as controller:
-        if record:
-            async with controller.leading(take_over=True):
-                result = await controller.run_pass(allow_mass_deletion=allow, mode=mode)
+        if plan_only:
+            result = await controller.run_pass(options)
         else:
-            result = await controller.run_pass(mode=mode, record=False)
-        policy_mode = mode or settings.mode
-        rendered = (render_json(result, policy_mode, record=record) if args.output == "json"
-                    else render_table(result, policy_mode, record=record))
+            async with controller.leadership.leading(take_over=True):
+                result = await controller.run_pass(options)
+        mode = options.mode or settings.mode
+        rendered = (render_json(result, mode, plan_only=plan_only) if args.output == "json"
+                    else render_table(result, mode, plan_only=plan_only))
         sys.stdout.write(redact(rendered, settings) + "\n")
     if result.failed:
         return EXIT_FAILED
@@ -88,36 +48,16 @@ async def cmd_once(settings: Settings, args: argparse.Namespace, *, record: bool
 
 
 async def cmd_run(settings: Settings) -> int:
-    import uvicorn
-
-    from reconciler.observability import http_app
-
-    metrics = Metrics([s.name for s in settings.servers])
-    health = Health(settings.interval_seconds)
-    async with open_controller(settings, metrics=metrics, health=health) as controller:
-        server = uvicorn.Server(uvicorn.Config(
-            http_app(metrics, health), host=settings.http_host, port=settings.http_port,
-            log_level="warning", access_log=False, lifespan="off"))
-        stop = anyio.Event()
-
-        async def on_signals() -> None:
-            import signal
-
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for signum in signals:
-                    log.info("stopping after the action in flight", signal=signum)
-                    stop.set()
-                    return
-
+    stop = anyio.Event()
+    async with open_controller(settings) as controller, \
+            serving(controller, settings.http_host, settings.http_port), \
+            anyio.create_task_group() as tg:
         log.info("reconciler started", version=__version__, mode=settings.mode.value,
                  servers=[s.name for s in settings.servers],
                  http=f"{settings.http_host}:{settings.http_port}")
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(server.serve)
-            tg.start_soon(on_signals)
-            await controller.run_forever(stop)
-            server.should_exit = True
-            tg.cancel_scope.cancel()
+        tg.start_soon(stop_on_signals, stop)
+        await run_forever(controller, stop)
+        tg.cancel_scope.cancel()
     log.info("reconciler stopped")
     return EXIT_OK
 
@@ -212,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return anyio.run(cmd_run, settings)
         if args.command in ("once", "plan"):
-            return anyio.run(lambda: cmd_once(settings, args, record=args.command == "once"))
+            return anyio.run(lambda: cmd_once(settings, args, plan_only=args.command == "plan"))
         if args.command == "migrate":
             return anyio.run(cmd_migrate, settings)
         if args.command == "install-trigger":

@@ -1,17 +1,14 @@
-"""The control loop: one pass observes, plans and converges every server this replica leads.
+"""One pass over every server this replica leads, shaped like external-dns's `RunOnce`.
 
-A pass is `read desired -> read observed -> plan -> execute -> remember -> publish`, each stage
-failing on its own (counted in `reconcile_errors_total{stage}`) without taking the loop down.
+`read desired -> read observed -> plan -> apply -> remember -> publish`: each stage is one call
+that fails on its own (`reconcile_errors_total{stage}`) without taking the loop down. The loop
+(`loop`), the leases (`leadership`) and every metric of a pass (`recorder`) live elsewhere.
 """
 
 from __future__ import annotations
 
-import random
-import time
-import uuid
-from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import anyio
@@ -20,12 +17,12 @@ import structlog
 from reconciler import planner
 from reconciler.events import EventPublisher, relay_outbox
 from reconciler.evolution.client import EvolutionClient
-from reconciler.executor import ExecutionReport, Executor
+from reconciler.executor import Executor
 from reconciler.failpoints import reached
+from reconciler.leadership import Leadership
 from reconciler.model import (
     DesiredState,
-    DriftKind,
-    LiveState,
+    Memory,
     Mode,
     Outcome,
     Plan,
@@ -33,45 +30,158 @@ from reconciler.model import (
     ServerInventory,
     ServerRead,
     ServerReadError,
+    Stage,
 )
-from reconciler.observability import Health, Metrics
-from reconciler.planner.view import is_managed
+from reconciler.recorder import PassRecorder, PassResult
 from reconciler.settings import Settings
 from reconciler.shutdown import Grace
 from reconciler.store import LeaseToken, Store, StoreError
 
 log = structlog.get_logger()
 
-LEASE_TTL = 15.0
-LEASE_RENEW_EVERY = 5.0
+
+@dataclass(frozen=True)
+class PassOptions:
+    allow_mass_deletion: bool = False
+    """`once --allow-mass-deletion`: lift the blast-radius guards for this pass."""
+    mode: Mode | None = None
+    """Overrides `RECONCILER_MODE` (`once --dry-run`)."""
+    plan_only: bool = False
+    """`plan`: read and decide, take no lease, write and publish nothing."""
 
 
-@dataclass
-class PassResult:
-    """What one pass saw and did: the CLI prints it, the loop exports it."""
+class Controller:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        clients: Mapping[str, EvolutionClient],
+        publisher: EventPublisher,
+        leadership: Leadership,
+        recorder: PassRecorder,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.clients = clients
+        self.publisher = publisher
+        self.leadership = leadership
+        self.recorder = recorder
+        self.grace = Grace()
+        self.pass_lock = anyio.Lock()
+        self.verify_timeout = 10.0
+        """How long a pass waits for a deleted instance to leave the listing."""
 
-    started_at: datetime
-    servers: tuple[str, ...]
-    skipped: tuple[str, ...] = ()
-    desired: DesiredState | None = None
-    reads: tuple[ServerRead, ...] = ()
-    plan: Plan | None = None
-    report: ExecutionReport = field(default_factory=ExecutionReport)
-    errors: list[tuple[str, str, str]] = field(default_factory=list)
-    """(server, stage, message) for every failed stage."""
-    duration: float = 0.0
+    async def run_pass(self, options: PassOptions = PassOptions()) -> PassResult:
+        async with self.pass_lock:
+            policy = self.settings.policy(allow_mass_deletion=options.allow_mass_deletion,
+                                          mode=options.mode)
+            tokens = {} if options.plan_only else self.leadership.tokens()
+            acting = tuple(self.clients) if options.plan_only else tuple(
+                s for s in self.clients if s in tokens)
+            result = PassResult(started_at=datetime.now(UTC), servers=acting,
+                                skipped=tuple(s for s in self.clients if s not in acting))
+            started = self.recorder.started(result)
+            if not acting:
+                return result
+            await self._reconcile(result, policy, tokens, options.plan_only)
+            return self.recorder.finished(result, started)
+
+    async def _reconcile(self, result: PassResult, policy: Policy,
+                         tokens: Mapping[str, LeaseToken], plan_only: bool) -> None:
+        read = await self._read_desired(result)
+        if read is None:
+            return
+        desired, memory = read
+        await self._read_observed(result, desired, memory)
+        self._plan(result, desired, memory, policy)
+        if plan_only:
+            return
+        try:
+            await self._apply(result, policy.mode, tokens)
+            await self._remember(result, memory, tokens)
+        except StoreError as exc:
+            result.fail(result.servers, Stage.APPLY, str(exc))
+            log.error("applying the plan failed", error=str(exc))
+        await self.publish_outbox(result)
+
+    async def _read_desired(self, result: PassResult) -> tuple[DesiredState, Memory] | None:
+        try:
+            result.desired = await self.store.read_desired()
+            return result.desired, await self.store.load_memory()
+        except StoreError as exc:
+            result.fail(result.servers, Stage.READ_DESIRED, str(exc))
+            return None
+
+    async def _read_observed(self, result: PassResult, desired: DesiredState,
+                             memory: Memory) -> None:
+        """Every server is read, led or not: `missing` and the duplicates are judged across
+        all of them. Only the servers this replica leads are acted on."""
+        want_live = {d.instance_name for d in desired.instances} | {
+            m.instance_name for m in memory.instances.values() if m.orphan_streak > 0}
+        reads: dict[str, ServerRead] = {}
+
+        async def read_one(server: str) -> None:
+            reads[server] = await self.clients[server].read(want_live=want_live)
+
+        async with anyio.create_task_group() as tg:
+            for server in self.clients:
+                tg.start_soon(read_one, server)
+        result.reads = tuple(refuse_shared_client_names([reads[s] for s in self.clients]))
+        for failed in result.reads:
+            if isinstance(failed, ServerReadError):
+                result.fail([failed.server], failed.stage, failed.error)
+                log.error("server read failed", server=failed.server, error=failed.error,
+                          operator_must_fix=failed.operator_error)
+
+    def _plan(self, result: PassResult, desired: DesiredState, memory: Memory,
+              policy: Policy) -> None:
+        everyone = planner.plan(desired, result.reads, memory, policy, result.started_at)
+        result.plan = for_leader(everyone, result.servers,
+                                 fleet_leader=self.fleet_server in result.servers)
+
+    async def _apply(self, result: PassResult, mode: Mode,
+                     tokens: Mapping[str, LeaseToken]) -> None:
+        assert result.plan is not None
+        executor = Executor(self.store, self.clients, mode, tokens,
+                            fleet_server=self.fleet_server, grace=self.grace,
+                            verify_timeout=self.verify_timeout)
+        try:
+            await executor.execute(result.plan, result.started_at, result.report)
+        finally:
+            for action, outcome, error in result.report.outcomes:
+                if outcome is Outcome.FAILED:
+                    result.fail([action.server or self.fleet_server], Stage.APPLY,
+                                error or "failed")
+
+    async def _remember(self, result: PassResult, memory: Memory,
+                        tokens: Mapping[str, LeaseToken]) -> None:
+        assert result.plan is not None
+        remembered = planner.record_outcomes(result.plan.memory, result.report.delete_results,
+                                             result.started_at)
+        await reached("memory.save.before")
+        await self.store.save_memory(remembered, servers=result.servers, leases=tokens)
+        await reached("memory.save.after")
+        retired = set(memory.tombstones) - set(remembered.tombstones)
+        if retired:
+            await self.store.drop_tombstones(retired, leases=tokens.values())
+
+    async def publish_outbox(self, result: PassResult | None = None) -> None:
+        try:
+            await reached("publish.before")
+            await relay_outbox(self.store, self.publisher, self.recorder.metrics)
+            await self.store.prune_outbox()
+        except Exception as exc:  # Redis or the database: the outbox keeps the events
+            log.warning("publishing events failed; they stay in the outbox", error=str(exc))
+            if result is not None:
+                result.fail(result.servers, Stage.PUBLISH, str(exc))
 
     @property
-    def failed(self) -> bool:
-        return bool(self.errors) or self.report.failed > 0
-
-    @property
-    def blocked(self) -> bool:
-        """A blast-radius guard held a deletion or a missing mark back (exit code 3)."""
-        return self.plan is not None and self.plan.blocked
+    def fleet_server(self) -> str:
+        """The server whose leader takes the decisions that belong to no server (`missing`)."""
+        return min(self.clients)
 
 
-def duplicate_client_names(reads: Sequence[ServerRead]) -> list[ServerRead]:
+def refuse_shared_client_names(reads: Sequence[ServerRead]) -> list[ServerRead]:
     """Two servers reporting one clientName would fight over the same sessions: act on neither."""
     by_client: dict[str, list[str]] = {}
     for read in reads:
@@ -81,7 +191,7 @@ def duplicate_client_names(reads: Sequence[ServerRead]) -> list[ServerRead]:
     return [
         ServerReadError(
             server=read.server,
-            stage="read_observed",
+            stage=Stage.READ_OBSERVED,
             error=f"servers {', '.join(sorted(clashing[read.server]))} report the same "
             f"clientName {read.client_name!r}: misconfiguration, neither is acted on",
             operator_error=True,
@@ -92,333 +202,17 @@ def duplicate_client_names(reads: Sequence[ServerRead]) -> list[ServerRead]:
     ]
 
 
-def for_leader(plan: Plan, led: Collection[str], *, global_leader: bool) -> Plan:
+def for_leader(plan: Plan, led: Collection[str], *, fleet_leader: bool) -> Plan:
     """The part of a plan this replica may carry out: actions and drift on the servers it leads;
     decisions that belong to no server (`missing`, a duplicate row nobody lists) go to the leader
     of the first server, so that exactly one replica makes them."""
 
     def ours(server: str) -> bool:
-        return server in led if server else global_leader
+        return server in led if server else fleet_leader
 
-    actions = tuple(a for a in plan.actions if ours(a.server))
     return replace(
         plan,
         drift=tuple(d for d in plan.drift if ours(d.server)),
-        actions=actions,
+        actions=tuple(a for a in plan.actions if ours(a.server)),
         degraded_servers=frozenset(s for s in plan.degraded_servers if s in led),
     )
-
-
-class Controller:
-    def __init__(
-        self,
-        settings: Settings,
-        store: Store,
-        clients: Mapping[str, EvolutionClient],
-        publisher: EventPublisher,
-        metrics: Metrics,
-        health: Health | None = None,
-        holder: str | None = None,
-    ) -> None:
-        self.settings = settings
-        self.store = store
-        self.clients = clients
-        self.publisher = publisher
-        self.metrics = metrics
-        self.health = health or Health(settings.interval_seconds)
-        self.holder = holder or f"reconciler-{uuid.uuid4().hex[:12]}"
-        self.leases: dict[str, LeaseToken] = {}
-        """The live leases, renewed in the background; a pass copies them when it starts."""
-        self.pass_lock = anyio.Lock()
-        self.grace = Grace()
-        self.shutdown_seconds = settings.shutdown_seconds
-        self._stop_deadline: float | None = None
-        self.verify_timeout = 10.0
-        """How long a pass waits for a deleted instance to leave the listing."""
-        self.on_pass: Callable[[PassResult], None] | None = None
-        """Called after every pass (the demo prints it)."""
-
-    # --- leadership ---------------------------------------------------------------------------
-
-    async def refresh_leases(self, *, take_over: bool = False) -> None:
-        """Renew what we lead, take what nobody leads (or everything, with `take_over`: an
-        operator's `once`); export `leader{server}`."""
-        for server in self.clients:
-            token = self.leases.get(server)
-            try:
-                if token is not None and await self.store.renew_lease(token, LEASE_TTL):
-                    continue
-                self.leases.pop(server, None)
-                new = await self.store.acquire_lease(server, self.holder, LEASE_TTL,
-                                                     take_over=take_over)
-            except StoreError as exc:
-                log.warning("lease refresh failed", server=server, error=str(exc))
-                self.leases.pop(server, None)
-                new = None
-            if new is not None:
-                if token is None or token.epoch != new.epoch:
-                    log.info("leading server", server=server, epoch=new.epoch)
-                self.leases[server] = new
-            self.metrics.leader.labels(server=server).set(1 if server in self.leases else 0)
-
-    @asynccontextmanager
-    async def leading(self, *, take_over: bool = False) -> AsyncIterator[None]:
-        """Hold (and keep renewing) the leases for as long as the block runs; release them after,
-        so a standby or the daemon takes over at once instead of after the lease expires."""
-
-        async def renew() -> None:
-            while True:
-                await anyio.sleep(LEASE_RENEW_EVERY)
-                await self.refresh_leases()
-
-        await self.refresh_leases(take_over=take_over)
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(renew)
-                yield
-                tg.cancel_scope.cancel()
-        finally:
-            with anyio.move_on_after(self._release_budget(), shield=True):
-                await self.release_leases()
-
-    def _release_budget(self) -> float:
-        """Releasing the leases lets a standby take over at once; while stopping, it gets what is
-        left of the shutdown budget (the leases expire on their own anyway)."""
-        if self._stop_deadline is None:
-            return LEASE_TTL
-        return max(0.1, self._stop_deadline - anyio.current_time())
-
-    async def release_leases(self) -> None:
-        for token in list(self.leases.values()):
-            try:
-                await self.store.release_lease(token)
-            except StoreError as exc:
-                log.warning("lease release failed", server=token.server, error=str(exc))
-            self.metrics.leader.labels(server=token.server).set(0)
-        self.leases.clear()
-
-    # --- one pass -----------------------------------------------------------------------------
-
-    def policy(self, *, allow_mass_deletion: bool, mode: Mode | None) -> Policy:
-        return self.settings.policy(allow_mass_deletion=allow_mass_deletion, mode=mode)
-
-    async def run_pass(
-        self,
-        *,
-        allow_mass_deletion: bool = False,
-        mode: Mode | None = None,
-        record: bool = True,
-    ) -> PassResult:
-        async with self.pass_lock:
-            return await self._run_pass(allow_mass_deletion, mode, record)
-
-    async def _run_pass(self, allow_mass_deletion: bool, mode: Mode | None,
-                        record: bool) -> PassResult:
-        policy = self.policy(allow_mass_deletion=allow_mass_deletion, mode=mode)
-        started = time.monotonic()
-        now = datetime.now(UTC)
-        tokens = dict(self.leases)
-        """Fence every write of this pass: a lease lost or renewed under a new epoch ends it."""
-        led = tuple(s for s in self.clients if s in tokens) if record else tuple(self.clients)
-        result = PassResult(started_at=now, servers=led,
-                            skipped=tuple(s for s in self.clients if s not in led))
-        for server in result.skipped:
-            self.metrics.reconcile_total.labels(server=server, result="skipped").inc()
-        if not led:
-            return result
-        for server in led:
-            self.metrics.last_attempt_timestamp_seconds.labels(server=server).set(time.time())
-        try:
-            result.desired = await self.store.read_desired()
-            memory = await self.store.load_memory()
-        except StoreError as exc:
-            result.errors.extend((s, "read_desired", str(exc)) for s in led)
-            return self._finish(result, started)
-
-        want_live = {d.instance_name for d in result.desired.instances} | {
-            m.instance_name for m in memory.instances.values() if m.orphan_streak > 0}
-        # Every server is read, led or not: `missing` and the duplicates are judged across all
-        # of them. Only the servers this replica leads are acted on.
-        everyone = tuple(self.clients)
-        reads: list[ServerRead] = [ServerReadError(s, "read_observed", "not read")
-                                   for s in everyone]
-
-        async def read_one(i: int, server: str) -> None:
-            reads[i] = await self.clients[server].read(want_live=want_live)
-
-        async with anyio.create_task_group() as tg:
-            for i, server in enumerate(everyone):
-                tg.start_soon(read_one, i, server)
-        result.reads = tuple(duplicate_client_names(reads))
-        for read in result.reads:
-            if isinstance(read, ServerReadError):
-                result.errors.append((read.server, read.stage, read.error))
-                log.error("server read failed", server=read.server, error=read.error,
-                          operator_must_fix=read.operator_error)
-
-        full_plan = planner.plan(result.desired, result.reads, memory, policy, now)
-        first = min(everyone)
-        result.plan = for_leader(full_plan, led, global_leader=first in led)
-        if not record:
-            return self._finish(result, started)
-
-        executor = Executor(self.store, self.clients, self.metrics, policy.mode, tokens,
-                            global_server=first, grace=self.grace,
-                            verify_timeout=self.verify_timeout)
-        try:
-            await executor.execute(result.plan, now, result.report)
-            new_memory = planner.record_outcomes(result.plan.memory,
-                                                 result.report.delete_results, now)
-            await reached("memory.save.before")
-            await self.store.save_memory(new_memory, servers=led, leases=tokens)
-            await reached("memory.save.after")
-            done = set(memory.tombstones) - set(new_memory.tombstones)
-            if done:
-                await self.store.drop_tombstones(done, leases=tokens.values())
-        except StoreError as exc:
-            result.errors.extend((s, "apply", str(exc)) for s in led)
-            log.error("applying the plan failed", error=str(exc))
-        for action, outcome, error in result.report.outcomes:
-            if outcome is Outcome.FAILED:
-                result.errors.append((action.server or led[0], "apply", error or "failed"))
-        await self.publish_outbox(result)
-        return self._finish(result, started)
-
-    async def publish_outbox(self, result: PassResult | None = None) -> None:
-        try:
-            await reached("publish.before")
-            await relay_outbox(self.store, self.publisher, self.metrics)
-            await self.store.prune_outbox()
-        except Exception as exc:  # Redis or the database: the outbox keeps the events
-            log.warning("publishing events failed; they stay in the outbox", error=str(exc))
-            if result is not None:
-                result.errors.extend((s, "publish", str(exc)) for s in result.servers)
-
-    def _finish(self, result: PassResult, started: float) -> PassResult:
-        result.duration = time.monotonic() - started
-        failed_servers = {server for server, _, _ in result.errors}
-        for server, stage, _ in result.errors:
-            if server in result.servers:
-                self.metrics.reconcile_errors_total.labels(server=server, stage=stage).inc()
-        self._export_state(result)
-        for server in result.servers:
-            self.metrics.reconcile_duration_seconds.labels(server=server).observe(result.duration)
-            ok = server not in failed_servers
-            self.metrics.reconcile_total.labels(
-                server=server, result="success" if ok else "error").inc()
-            if ok:
-                self.metrics.last_success_timestamp_seconds.labels(server=server).set(time.time())
-        if result.servers and not failed_servers & set(result.servers):
-            self.health.ready = True
-        self._log_summary(result)
-        if self.on_pass is not None:
-            self.on_pass(result)
-        return result
-
-    def _export_state(self, result: PassResult) -> None:
-        if result.desired is not None:
-            self.metrics.desired_instances.set(len(result.desired.instances))
-            self.metrics.invalid_rows.set(result.desired.invalid_rows)
-        if result.plan is None:
-            return
-        counts: dict[tuple[str, DriftKind], int] = {}
-        for drift in result.plan.drift:
-            key = (self.metrics.server_label(drift.server), drift.kind)
-            counts[key] = counts.get(key, 0) + 1
-        read_ok = {r.server for r in result.reads
-                   if isinstance(r, ServerInventory) and r.server in result.servers}
-        for server in read_ok:
-            for kind in DriftKind:
-                self.metrics.drift_instances.labels(server=server, kind=kind.value).set(
-                    counts.get((server, kind), 0))
-        for read in result.reads:
-            if not isinstance(read, ServerInventory) or read.server not in result.servers:
-                continue
-            policy = self.settings.policy()
-            by_state = dict.fromkeys(LiveState, 0)
-            for inst in read.instances:
-                if is_managed(policy, inst.name):
-                    by_state[inst.live] += 1
-            for state, n in by_state.items():
-                self.metrics.observed_instances.labels(server=read.server, state=state.value).set(n)
-        for server in result.servers:
-            self.metrics.server_degraded.labels(server=server).set(
-                1 if server in result.plan.degraded_servers else 0)
-
-    def _log_summary(self, result: PassResult) -> None:
-        counts: dict[str, int] = {}
-        if result.plan is not None:
-            for d in result.plan.drift:
-                counts[d.kind.value] = counts.get(d.kind.value, 0) + 1
-        outcomes: dict[str, int] = {}
-        for action, outcome, _ in result.report.outcomes:
-            key = f"{action.kind.value}:{outcome.value}"
-            outcomes[key] = outcomes.get(key, 0) + 1
-        log.info(
-            "pass",
-            servers=list(result.servers),
-            skipped=list(result.skipped),
-            desired=len(result.desired.instances) if result.desired else None,
-            drift=counts,
-            actions=outcomes,
-            errors=[f"{s}/{stage}: {msg}" for s, stage, msg in result.errors],
-            duration_ms=round(result.duration * 1000, 1),
-        )
-
-    # --- the daemon ---------------------------------------------------------------------------
-
-    async def _pass_that_never_stops_the_loop(self) -> None:
-        """A bug in one pass is logged and counted, and the next pass starts from fresh reads."""
-        try:
-            await self.run_pass()
-        except Exception:
-            log.exception("pass failed unexpectedly")
-            for server in self.leases:
-                self.metrics.reconcile_errors_total.labels(server=server, stage="apply").inc()
-                self.metrics.reconcile_total.labels(server=server, result="error").inc()
-
-    async def run_forever(self, stop: anyio.Event) -> None:
-        """Passes on a jittered timer and at once on a tombstone NOTIFY, until `stop` is set;
-        then out within `shutdown_seconds` (SPEC 7): the pass is cancelled, an action already
-        sent to Evolution gets most of the budget to finish and be recorded, the leases the
-        rest to be released."""
-        wake = anyio.Event()
-        current_pass = anyio.CancelScope()
-
-        async def stopper() -> None:
-            await stop.wait()
-            self._stop_deadline = anyio.current_time() + self.shutdown_seconds * 0.9
-            self.grace.begin(self.shutdown_seconds * 0.6)
-            current_pass.cancel()
-
-        async def tombstones() -> None:
-            nonlocal wake
-            while True:
-                try:
-                    async with self.store.listen_tombstones() as names:
-                        async for name in names:
-                            log.info("integration deleted; reconciling now", instance=name)
-                            wake.set()
-                except StoreError as exc:
-                    log.warning("tombstone listener failed; retrying", error=str(exc))
-                    await anyio.sleep(LEASE_RENEW_EVERY)
-
-        async with self.leading(), anyio.create_task_group() as tg:
-            tg.start_soon(tombstones)
-            tg.start_soon(stopper)
-            while not stop.is_set():
-                wake = anyio.Event()  # a NOTIFY during the pass triggers the next one at once
-                self.health.tick()
-                with current_pass:
-                    await self._pass_that_never_stops_the_loop()
-                current_pass = anyio.CancelScope()
-                self.health.tick()
-                interval = self.settings.interval_seconds * random.uniform(0.9, 1.1)
-                with anyio.move_on_after(interval):
-                    async with anyio.create_task_group() as waiters:
-                        async def wait_for(event: anyio.Event) -> None:
-                            await event.wait()
-                            waiters.cancel_scope.cancel()
-                        waiters.start_soon(wait_for, wake)
-                        waiters.start_soon(wait_for, stop)
-            tg.cancel_scope.cancel()

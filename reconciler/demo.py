@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import sys
 import tempfile
@@ -26,12 +25,13 @@ import anyio
 import asyncpg
 import redis.asyncio as aioredis
 
-from reconciler.cli import open_controller
-from reconciler.controller import PassResult
 from reconciler.evolution.simulator import Simulator
+from reconciler.loop import run_forever
 from reconciler.model import DriftKind
-from reconciler.observability import Health, Metrics, configure_logging, http_app
+from reconciler.observability import configure_logging
+from reconciler.recorder import PassResult
 from reconciler.settings import load_settings
+from reconciler.wiring import open_controller, serving, stop_on_signals
 
 API_KEY = "demo-global-key"
 CHANNEL = "whatsapp:instance-events"
@@ -200,36 +200,21 @@ async def _demo(tmp: str, interval: float, until_converged: bool, timeout: float
 
 async def _converge(settings: Any, sim: Simulator, inc: Incident, dsn: str, redis_url: str,
                     port: int, until_converged: bool, timeout: float | None) -> int:
-    import uvicorn
-
     seen: list[dict[str, Any]] = []
 
     def on_event(event: dict[str, Any]) -> None:
         seen.append(event)
         _say(f"  event {event['type']:<22} {event['instance_name']}  reason={event['reason']}")
 
-    metrics = Metrics([s.name for s in settings.servers])
-    health = Health(settings.interval_seconds)
-    server = uvicorn.Server(uvicorn.Config(http_app(metrics, health), host="127.0.0.1",
-                                           port=port, log_level="warning", lifespan="off"))
     deadline = None if timeout is None else time.monotonic() + timeout
-    async with open_controller(settings, metrics=metrics, health=health) as controller, \
-            anyio.create_task_group() as tg:
+    stop, interrupted = anyio.Event(), anyio.Event()
+    async with open_controller(settings) as controller, \
+            serving(controller, "127.0.0.1", port), anyio.create_task_group() as tg:
         await controller.store.install_trigger()
-        tg.start_soon(server.serve)
         tg.start_soon(_watch_events, redis_url, on_event)
-        controller.on_pass = PassPrinter()
-        stop = anyio.Event()
-        tg.start_soon(controller.run_forever, stop)
-        interrupted = anyio.Event()
-
-        async def on_signals() -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for _ in signals:
-                    interrupted.set()
-                    return
-
-        tg.start_soon(on_signals)
+        controller.recorder.on_pass = PassPrinter()
+        tg.start_soon(run_forever, controller, stop)
+        tg.start_soon(stop_on_signals, interrupted)
         step, code = 0, 0
         while True:
             with anyio.move_on_after(settings.interval_seconds):
@@ -248,7 +233,6 @@ async def _converge(settings: Any, sim: Simulator, inc: Incident, dsn: str, redi
                 code = 1
                 break
         stop.set()
-        server.should_exit = True
         tg.cancel_scope.cancel()
     return code
 
@@ -309,8 +293,8 @@ def _print_pass(result: PassResult, drift: dict[str, int]) -> None:
         detail += f" ({error})" if error else ""
         _say(f"  {action.kind.value:<18} {action.instance_name}  reason={action.reason}"
              f" -> {outcome.value}{detail}")
-    for server, stage, error in result.errors:
-        _say(f"  error {server}/{stage}: {error}")
+    for failure in result.errors:
+        _say(f"  error {failure.server}/{failure.stage.value}: {failure.message}")
 
 
 def _converged(sim: Simulator, inc: Incident, events: list[dict[str, Any]]) -> bool:

@@ -35,7 +35,6 @@ from reconciler.model import (
     Outcome,
     Plan,
 )
-from reconciler.observability import METERED_ACTIONS, Metrics
 from reconciler.planner.outcomes import after_attempt, intent_to_delete
 from reconciler.shutdown import Grace
 from reconciler.store import LeaseToken, Store
@@ -62,11 +61,10 @@ class ExecutionReport:
 class Executor:
     store: Store
     clients: Mapping[str, EvolutionClient]
-    metrics: Metrics
     mode: Mode
     leases: Mapping[str, LeaseToken]
     """The tokens the pass started with, by server; never the live, renewed ones."""
-    global_server: str
+    fleet_server: str
     """The server whose leader takes the decisions that belong to no server (`missing`)."""
     grace: Grace = field(default_factory=Grace)
     verify_timeout: float = 10.0
@@ -99,7 +97,7 @@ class Executor:
         return Outcome.DRY_RUN if self.mode is Mode.DRY_RUN else None
 
     def _lease(self, server: str) -> LeaseToken:
-        return self.leases[server or self.global_server]
+        return self.leases[server or self.fleet_server]
 
     def _event(self, action: Action, now: datetime) -> dict[str, object] | None:
         if action.event is None:
@@ -114,20 +112,8 @@ class Executor:
             event_id=action.event_id,
         )
 
-    def _count(self, action: Action, outcome: Outcome) -> None:
-        server = self.metrics.server_label(action.server)
-        if action.kind in METERED_ACTIONS:
-            self.metrics.actions_total.labels(
-                server=server, action=action.kind.value, outcome=outcome.value
-            ).inc()
-        if outcome is Outcome.BLOCKED and action.blocked_by is not None:
-            self.metrics.guard_blocked_total.labels(
-                server=server, guard=action.blocked_by.value
-            ).inc()
-
     def _done(self, report: ExecutionReport, action: Action, outcome: Outcome,
               error: str | None) -> None:
-        self._count(action, outcome)
         report.outcomes.append((action, outcome, error))
         log.info(
             "action",

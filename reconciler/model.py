@@ -77,6 +77,15 @@ BLAST_RADIUS_GUARDS = frozenset(
 )
 
 
+class Stage(StrEnum):
+    """Where a pass failed: the label of `reconcile_errors_total{stage}` (SPEC 6)."""
+
+    READ_DESIRED = "read_desired"
+    READ_OBSERVED = "read_observed"
+    APPLY = "apply"
+    PUBLISH = "publish"
+
+
 class EventType(StrEnum):
     REMOVED = "instance.removed"
     DISCONNECTED = "instance.disconnected"
@@ -189,7 +198,7 @@ class ServerReadError:
     """A server whose read failed or was partial: nothing may be decided from it."""
 
     server: str
-    stage: str
+    stage: Stage
     error: str
     operator_error: bool = False
     """True when the operator must fix something (wrong key, wrong URL); False when transient."""

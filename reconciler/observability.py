@@ -21,10 +21,18 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from reconciler import __version__
-from reconciler.model import ActionKind, DriftKind, EventType, Guard, LiveState, Outcome
+from reconciler.model import (
+    ActionKind,
+    DriftKind,
+    EventType,
+    Guard,
+    LiveState,
+    Outcome,
+    Stage,
+)
 
 PREFIX = "evolution_reconciler_"
-STAGES = ("read_desired", "read_observed", "apply", "publish")
+STAGES = tuple(s.value for s in Stage)
 RESULTS = ("success", "error", "skipped")
 METERED_ACTIONS = (
     ActionKind.DELETE,

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 
-from reconciler.controller import PassResult
 from reconciler.model import Action, DriftKind, Mode, ServerInventory
+from reconciler.recorder import PassResult
 
 
 def escape_controls(text: str) -> str:
@@ -32,8 +32,8 @@ def _action_row(action: Action, outcome: str, error: str | None) -> dict[str, ob
     }
 
 
-def _rows(result: PassResult, mode: Mode, record: bool) -> list[dict[str, object]]:
-    if record:
+def _rows(result: PassResult, mode: Mode, plan_only: bool) -> list[dict[str, object]]:
+    if not plan_only:
         return [_action_row(a, o.value, e) for a, o, e in result.report.outcomes]
     if result.plan is None:
         return []
@@ -44,7 +44,7 @@ def _rows(result: PassResult, mode: Mode, record: bool) -> list[dict[str, object
     ]
 
 
-def as_dict(result: PassResult, mode: Mode, *, record: bool) -> dict[str, object]:
+def as_dict(result: PassResult, mode: Mode, *, plan_only: bool) -> dict[str, object]:
     servers: dict[str, object] = {}
     for read in result.reads:
         if isinstance(read, ServerInventory):
@@ -57,7 +57,7 @@ def as_dict(result: PassResult, mode: Mode, *, record: bool) -> dict[str, object
         servers[name] = {"ok": True, "skipped": "another replica leads this server"}
     return {
         "mode": mode.value,
-        "command": "once" if record else "plan",
+        "command": "plan" if plan_only else "once",
         "started_at": result.started_at.isoformat(),
         "duration_seconds": round(result.duration, 3),
         "desired": len(result.desired.instances) if result.desired else None,
@@ -68,14 +68,15 @@ def as_dict(result: PassResult, mode: Mode, *, record: bool) -> dict[str, object
              "detail": d.detail}
             for d in (result.plan.drift if result.plan else ())
         ],
-        "actions": _rows(result, mode, record),
+        "actions": _rows(result, mode, plan_only),
         "degraded_servers": sorted(result.plan.degraded_servers) if result.plan else [],
-        "errors": [{"server": s, "stage": st, "error": e} for s, st, e in result.errors],
+        "errors": [{"server": e.server, "stage": e.stage.value, "error": e.message}
+                   for e in result.errors],
     }
 
 
-def render_json(result: PassResult, mode: Mode, *, record: bool) -> str:
-    return json.dumps(as_dict(result, mode, record=record), indent=2)
+def render_json(result: PassResult, mode: Mode, *, plan_only: bool) -> str:
+    return json.dumps(as_dict(result, mode, plan_only=plan_only), indent=2)
 
 
 def _table(headers: list[str], cells: list[list[str]]) -> str:
@@ -86,10 +87,10 @@ def _table(headers: list[str], cells: list[list[str]]) -> str:
     return "\n".join([line, *body])
 
 
-def render_table(result: PassResult, mode: Mode, *, record: bool) -> str:
+def render_table(result: PassResult, mode: Mode, *, plan_only: bool) -> str:
     desired = len(result.desired.instances) if result.desired else "?"
     invalid = result.desired.invalid_rows if result.desired else "?"
-    out = [f"{'once' if record else 'plan'} ({mode.value}): {desired} desired rows, "
+    out = [f"{'plan' if plan_only else 'once'} ({mode.value}): {desired} desired rows, "
            f"{invalid} invalid, {result.duration:.3f}s"]
     server_rows = [[name, "skipped", "another replica leads this server"]
                    for name in result.skipped]
@@ -109,7 +110,7 @@ def render_table(result: PassResult, mode: Mode, *, record: bool) -> str:
                        for d in drift]) if drift else "no drift")
     if len(all_drift) > len(drift):
         out.append(f"({len(all_drift) - len(drift)} unmanaged instances left alone)")
-    actions = _rows(result, mode, record)
+    actions = _rows(result, mode, plan_only)
     out.append("")
     out.append(_table(["SERVER", "INSTANCE", "ACTION", "REASON", "OUTCOME", "GUARD/ERROR"],
                       [[str(a["server"] or "-"), str(a["instance_name"]), str(a["action"]),
@@ -118,6 +119,6 @@ def render_table(result: PassResult, mode: Mode, *, record: bool) -> str:
     if result.plan and result.plan.degraded_servers:
         out.append("degraded (restart guard holds): "
                    + escape_controls(", ".join(sorted(result.plan.degraded_servers))))
-    out += [escape_controls(f"ERROR {server}/{stage}: {error}")
-            for server, stage, error in result.errors]
+    out += [escape_controls(f"ERROR {e.server}/{e.stage.value}: {e.message}")
+            for e in result.errors]
     return "\n".join(out)

@@ -60,6 +60,7 @@ from reconciler.model import (
     ServerInventory,
     ServerRead,
     ServerReadError,
+    Stage,
 )
 from reconciler.observability import Metrics
 from reconciler.settings import ServerConfig
@@ -70,7 +71,6 @@ MAX_BODY = 64 * 1024 * 1024
 """Bigger than any real listing (a 202-instance v2.3.6 listing is 184 KB), small enough to hold."""
 METRICS_SINCE = (2, 3, 3)
 """Evolution serves `/metrics` from 2.3.3, when `PROMETHEUS_METRICS=true`."""
-READ_STAGE = "read_observed"
 _GATEWAY_ERRORS = frozenset({502, 503, 504})
 
 
@@ -359,7 +359,7 @@ class EvolutionClient:
             log = self._log.error if exc.operator_error else self._log.warning
             log("evolution.read_failed", error=exc.message, operator_error=exc.operator_error,
                 status=exc.status)
-            return ServerReadError(server=self._server.name, stage=READ_STAGE,
+            return ServerReadError(server=self._server.name, stage=Stage.READ_OBSERVED,
                                    error=exc.message, operator_error=exc.operator_error)
         instances = listing.instances
         if line == V2:

@@ -18,10 +18,10 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from reconciler.cli import open_controller
 from reconciler.controller import Controller
 from reconciler.evolution.simulator import Simulator
 from reconciler.settings import load_settings
+from reconciler.wiring import open_controller
 from tests.conftest import DbNames
 
 API_KEY = "test-global-key-7f3a9c"
@@ -139,7 +139,7 @@ async def controller_for(env: Env, sim: Simulator, **overrides: str) -> AsyncIte
     environ = env.environ(RECONCILER_MODE="enforce", RECONCILER_ORPHAN_CONFIRMATIONS="1",
                           RECONCILER_EVOLUTION_URL=sim.url, **overrides)
     settings = load_settings({k: v for k, v in environ.items() if k.startswith("RECONCILER_")})
-    async with open_controller(settings) as controller, controller.leading():
+    async with open_controller(settings) as controller, controller.leadership.leading():
         yield controller
 
 

@@ -268,7 +268,7 @@ async def test_one_malformed_item_makes_the_whole_listing_an_error(
     async with controller_for(env, env.sim) as controller:
         for _ in range(2):
             result = await controller.run_pass()
-            assert [stage for _, stage, _ in result.errors] == ["read_observed"], result.errors
+            assert [e.stage for e in result.errors] == ["read_observed"], result.errors
             assert [o for _, o, _ in result.report.outcomes if o is Outcome.OK] == []
     assert deletes(env.sim) == []
     assert orphan in env.sim.names()

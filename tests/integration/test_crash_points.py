@@ -24,8 +24,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from reconciler import failpoints
-from reconciler.controller import LEASE_TTL
 from reconciler.evolution.simulator import device_removed_object
+from reconciler.leadership import LEASE_TTL
 from tests.integration.conftest import Env, clinic_name, controller_for
 from tests.integration.test_daemon import free_port, wait_for
 
@@ -155,7 +155,7 @@ async def taken_over_at(env: Env, step: str) -> AsyncIterator[dict[str, Any]]:
         async def take_over() -> None:
             if seen:
                 return
-            token = stale.leases["default"]
+            token = stale.leadership.held["default"]
             seen["epoch"] = token.epoch
             seen["audit_id"] = await env.fetchval(
                 f'SELECT coalesce(max(id), 0) FROM "{env.names.schema}".audit_log')

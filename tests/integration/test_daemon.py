@@ -16,6 +16,7 @@ import pytest
 
 from reconciler import planner
 from reconciler.evolution.simulator import Simulator
+from reconciler.loop import run_forever
 from tests.conftest import DbNames
 from tests.integration.conftest import API_KEY, Env, EventTap, clinic_name, controller_for
 
@@ -143,18 +144,17 @@ async def test_a_bug_in_one_pass_does_not_stop_the_loop(
 
         monkeypatch.setattr(planner, "plan", fails_once)
         async with controller_for(env, sim, RECONCILER_INTERVAL_SECONDS="0.1") as controller:
-            success = controller.metrics.reconcile_total.labels(server="default",
-                                                                result="success")
+            metrics = controller.recorder.metrics
+            success = metrics.reconcile_total.labels(server="default", result="success")
             stop = anyio.Event()
             async with anyio.create_task_group() as tg:
-                tg.start_soon(controller.run_forever, stop)
+                tg.start_soon(run_forever, controller, stop)
 
                 async def passed() -> bool:
                     return success._value.get() >= 1
 
                 await wait_for(passed, what="a pass after the failing one")
                 stop.set()
-            errors = controller.metrics.reconcile_errors_total.labels(server="default",
-                                                                      stage="apply")
+            errors = metrics.reconcile_errors_total.labels(server="default", stage="apply")
             assert errors._value.get() == 1
             assert calls >= 2

@@ -39,7 +39,7 @@ async def test_database_lost_between_delete_and_audit(
                 tg.start_soon(break_the_database_during_the_delete)
                 first = await controller.run_pass()
             await env.sql(f'ALTER SCHEMA "{hidden}" RENAME TO "{own}"')
-            assert "apply" in [stage for _, stage, _ in first.errors], first.errors
+            assert "apply" in [e.stage for e in first.errors], first.errors
             assert orphan not in sim.names()
             assert keeper in sim.names()
             assert await events.drain(timeout=0.3) == []

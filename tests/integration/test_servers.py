@@ -11,10 +11,10 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 
-from reconciler.cli import open_controller
 from reconciler.controller import Controller
 from reconciler.evolution.simulator import Simulator
 from reconciler.settings import load_settings
+from reconciler.wiring import open_controller
 from tests.conftest import DbNames
 from tests.integration.conftest import API_KEY, Env, EventTap, clinic_name
 
@@ -102,9 +102,9 @@ async def test_split_leadership_acts_per_server_and_judges_across_all(
         replicas: list[Controller] = []
         for server in ("br-1", "br-2"):
             controller = await stack.enter_async_context(open_controller(settings))
-            token = await controller.store.acquire_lease(server, controller.holder)
+            token = await controller.store.acquire_lease(server, controller.leadership.holder)
             assert token is not None
-            controller.leases[server] = token
+            controller.leadership.held[server] = token
             replicas.append(controller)
         leader_a, leader_b = replicas
 

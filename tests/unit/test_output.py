@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 
 import pytest
 
-from reconciler.controller import PassResult
 from reconciler.executor import ExecutionReport
 from reconciler.model import (
     Action,
@@ -21,8 +20,10 @@ from reconciler.model import (
     Plan,
     ServerInventory,
     ServerReadError,
+    Stage,
 )
 from reconciler.output import escape_controls, render_json, render_table
+from reconciler.recorder import PassResult, StageError
 
 FORGED = "clinic-x\nSERVER  INSTANCE  DRIFT\x1b[2J\r\x85\u2028\x9b31m"
 """A name that tries to add lines, clear the screen and colour the terminal."""
@@ -40,16 +41,16 @@ def result(name: str) -> PassResult:
         plan=Plan(drift=(Drift("s1", name, DriftKind.ORPHAN, f"age {name}"),),
                   actions=(delete,), memory=Memory(), degraded_servers=frozenset({name})),
         report=ExecutionReport(outcomes=[(delete, Outcome.FAILED, f"HTTP 500: {name}")]),
-        errors=[("s2", "read_observed", f"HTTP 500: {name}")],
+        errors=[StageError("s2", Stage.READ_OBSERVED, f"HTTP 500: {name}")],
     )
 
 
-@pytest.mark.parametrize("record", [True, False])
-def test_a_name_in_a_table_cannot_forge_a_line_or_a_terminal_sequence(record: bool) -> None:
-    table = render_table(result(FORGED), Mode.ENFORCE, record=record)
+@pytest.mark.parametrize("plan_only", [True, False])
+def test_a_name_in_a_table_cannot_forge_a_line_or_a_terminal_sequence(plan_only: bool) -> None:
+    table = render_table(result(FORGED), Mode.ENFORCE, plan_only=plan_only)
     assert table.splitlines() == table.split("\n"), "no line break but the table's own"
     assert len(table.splitlines()) == len(
-        render_table(result("clinic-x"), Mode.ENFORCE, record=record).splitlines())
+        render_table(result("clinic-x"), Mode.ENFORCE, plan_only=plan_only).splitlines())
     assert all(line.isprintable() for line in table.split("\n"))
     assert table.count(ESCAPED) >= 6
 
@@ -59,9 +60,9 @@ def test_escaping_shows_each_control_character_as_its_escape() -> None:
     assert escape_controls("plain clinic-é 名前") == "plain clinic-é 名前"
 
 
-@pytest.mark.parametrize("record", [True, False])
-def test_json_output_keeps_names_exact(record: bool) -> None:
-    report = json.loads(render_json(result(FORGED), Mode.ENFORCE, record=record))
+@pytest.mark.parametrize("plan_only", [True, False])
+def test_json_output_keeps_names_exact(plan_only: bool) -> None:
+    report = json.loads(render_json(result(FORGED), Mode.ENFORCE, plan_only=plan_only))
     assert report["drift"][0]["instance_name"] == FORGED
     assert report["actions"][0]["instance_name"] == FORGED
     assert report["servers"]["s2"]["error"] == f"HTTP 500: {FORGED}"

@@ -1,0 +1,78 @@
+"""The daemon's loop: passes on a jittered timer and at once on a hint, until told to stop.
+
+Hints today are the deletion trigger's NOTIFYs (SPEC 4.2): a tombstone wakes the next pass at
+once. On stop the loop is out within `RECONCILER_SHUTDOWN_SECONDS` (SPEC 7): the pass is
+cancelled, an action already sent to Evolution gets 60% of the budget to finish and be recorded
+(`shutdown.Grace`), releasing the leases what is left.
+"""
+
+from __future__ import annotations
+
+import random
+
+import anyio
+import structlog
+
+from reconciler.controller import Controller
+from reconciler.leadership import LEASE_RENEW_EVERY
+from reconciler.store import StoreError
+
+log = structlog.get_logger()
+
+ACTIONS_SHARE = 0.6
+RELEASE_SHARE = 0.9
+
+
+async def run_forever(controller: Controller, stop: anyio.Event) -> None:
+    settings = controller.settings
+    health = controller.recorder.health
+    wake = anyio.Event()
+    current_pass = anyio.CancelScope()
+
+    async def stop_when_told() -> None:
+        await stop.wait()
+        budget = settings.shutdown_seconds
+        controller.leadership.release_deadline = anyio.current_time() + budget * RELEASE_SHARE
+        controller.grace.begin(budget * ACTIONS_SHARE)
+        current_pass.cancel()
+
+    async def tombstones() -> None:
+        while True:
+            try:
+                async with controller.store.listen_tombstones() as names:
+                    async for name in names:
+                        log.info("integration deleted; reconciling now", instance=name)
+                        wake.set()
+            except StoreError as exc:
+                log.warning("tombstone listener failed; retrying", error=str(exc))
+                await anyio.sleep(LEASE_RENEW_EVERY)
+
+    async with controller.leadership.leading(), anyio.create_task_group() as tg:
+        tg.start_soon(tombstones)
+        tg.start_soon(stop_when_told)
+        while not stop.is_set():
+            wake = anyio.Event()  # a NOTIFY during the pass triggers the next one at once
+            health.tick()
+            with current_pass:
+                await _pass_that_never_stops_the_loop(controller)
+            current_pass = anyio.CancelScope()
+            health.tick()
+            interval = settings.interval_seconds * random.uniform(0.9, 1.1)
+            with anyio.move_on_after(interval):
+                async with anyio.create_task_group() as waiters:
+                    async def wait_for(event: anyio.Event) -> None:
+                        await event.wait()
+                        waiters.cancel_scope.cancel()
+
+                    waiters.start_soon(wait_for, wake)
+                    waiters.start_soon(wait_for, stop)
+        tg.cancel_scope.cancel()
+
+
+async def _pass_that_never_stops_the_loop(controller: Controller) -> None:
+    """A bug in one pass is logged and counted, and the next pass starts from fresh reads."""
+    try:
+        await controller.run_pass()
+    except Exception:
+        log.exception("pass failed unexpectedly")
+        controller.recorder.crashed(controller.leadership.held)

@@ -1,0 +1,99 @@
+"""The composition root: every adapter connected once, for the CLI, the demo, tests and benchmarks.
+
+Nothing here decides anything; it builds the store, the Evolution clients, the publisher, the
+leadership and the recorder from the settings, serves the HTTP endpoints, and turns SIGTERM and
+SIGINT into a stop.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import anyio
+import structlog
+
+from reconciler.controller import Controller
+from reconciler.events import EventPublisher
+from reconciler.evolution.client import EvolutionClient
+from reconciler.leadership import Leadership
+from reconciler.observability import Health, Metrics, http_app
+from reconciler.recorder import PassRecorder
+from reconciler.settings import Settings
+from reconciler.store import IntegrationsTableMissing, Store
+
+log = structlog.get_logger()
+
+
+class UsageError(Exception):
+    """Bad settings or a missing integrations table: exit 2, before anything is changed."""
+
+
+@asynccontextmanager
+async def open_store(settings: Settings, *, require_table: bool = True) -> AsyncIterator[Store]:
+    """The database, its own schema migrated, and (by default) the integrations table checked."""
+    store = await Store.connect(settings.database_url,
+                                integrations_table=settings.integrations_table,
+                                schema=settings.schema)
+    try:
+        await store.migrate()
+        if require_table:
+            try:
+                await store.check_integrations_table()
+            except IntegrationsTableMissing as exc:
+                raise UsageError(f"RECONCILER_INTEGRATIONS_TABLE: {exc}") from exc
+        yield store
+    finally:
+        await store.close()
+
+
+@asynccontextmanager
+async def open_controller(settings: Settings, *, metrics: Metrics | None = None,
+                          health: Health | None = None) -> AsyncIterator[Controller]:
+    """Connect every adapter, migrate the own schema, and close everything on the way out."""
+    names = [s.name for s in settings.servers]
+    metrics = metrics or Metrics(names)
+    health = health or Health(settings.interval_seconds)
+    async with AsyncExitStack() as stack:
+        store = await stack.enter_async_context(open_store(settings))
+        clients = {}
+        for server in settings.servers:
+            client = EvolutionClient(server, timeout=settings.http_timeout_seconds,
+                                     metrics=metrics, probe_rps=settings.probe_rps,
+                                     probe_interval=settings.probe_interval_seconds)
+            stack.push_async_callback(client.aclose)
+            clients[server.name] = client
+        publisher = EventPublisher(settings.redis_url, channel=settings.events_channel,
+                                   stream=settings.events_stream)
+        stack.push_async_callback(publisher.aclose)
+        yield Controller(settings, store, clients, publisher,
+                         Leadership(store, names, metrics),
+                         PassRecorder(metrics, health, settings.policy()))
+
+
+@asynccontextmanager
+async def serving(controller: Controller, host: str, port: int) -> AsyncIterator[None]:
+    """`/metrics`, `/healthz` and `/readyz` for as long as the block runs."""
+    import uvicorn
+
+    recorder = controller.recorder
+    server = uvicorn.Server(uvicorn.Config(
+        http_app(recorder.metrics, recorder.health), host=host, port=port,
+        log_level="warning", access_log=False, lifespan="off"))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve)
+        try:
+            yield
+        finally:
+            server.should_exit = True
+            tg.cancel_scope.cancel()
+
+
+async def stop_on_signals(stop: anyio.Event) -> None:
+    """SIGTERM or SIGINT: set `stop` (the loop finishes the action in flight, then exits)."""
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("stopping after the action in flight", signal=signum)
+            stop.set()
+            return
