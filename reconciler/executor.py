@@ -27,13 +27,15 @@ from reconciler.evolution.errors import EvolutionError
 from reconciler.failpoints import reached
 from reconciler.model import (
     Action,
-    ActionKind,
+    Delete,
     DeleteResult,
+    Flag,
     Guard,
     InstanceMemory,
     Mode,
     Outcome,
     Plan,
+    StatusChange,
 )
 from reconciler.planner.outcomes import after_attempt, intent_to_delete
 from reconciler.shutdown import Grace
@@ -45,7 +47,7 @@ log = structlog.get_logger()
 @dataclass
 class ExecutionReport:
     outcomes: list[tuple[Action, Outcome, str | None]] = field(default_factory=list)
-    delete_results: list[tuple[Action, DeleteResult]] = field(default_factory=list)
+    delete_results: list[tuple[Delete, DeleteResult]] = field(default_factory=list)
     """Each attempted delete, with the event id it was decided under."""
 
     @property
@@ -73,24 +75,25 @@ class Executor:
     async def execute(self, plan: Plan, now: datetime, report: ExecutionReport) -> None:
         """Fill `report` as actions are done, so that it holds what happened even when a lost
         lease ends the pass midway."""
-        deletes: dict[str, list[Action]] = {}
-        held = [(a, o) for a in plan.actions if (o := self._held(a)) is not None]
-        await self.store.record_many([(a, o, self._lease(a.server)) for a, o in held])
-        for action, outcome in held:
-            self._done(report, action, outcome, None)
+        deletes: dict[str, list[Delete]] = {}
+        audited = [(a, o) for a in plan.actions if (o := self._audit_only(a)) is not None]
+        await self.store.record_many([(a, o, self._lease(a.server)) for a, o in audited])
+        for action, outcome in audited:
+            self._report(report, action, outcome, None)
         for action in plan.actions:
-            if self._held(action) is not None:
+            if self._audit_only(action) is not None:
                 continue
-            if action.kind is ActionKind.DELETE:
-                deletes.setdefault(action.server, []).append(action)
-            elif action.kind is ActionKind.FLAG:
-                await self._flag(report, action, now)
-            else:
-                await self._update_status(report, action, now)
+            match action:
+                case Delete():
+                    deletes.setdefault(action.server, []).append(action)
+                case Flag():
+                    await self._flag(report, action, now)
+                case StatusChange():
+                    await self._update_status(report, action, now)
         for server, actions in deletes.items():
             await self._delete_all(report, server, actions, plan, now)
 
-    def _held(self, action: Action) -> Outcome | None:
+    def _audit_only(self, action: Action) -> Outcome | None:
         """Audited only: blocked by a guard, or planned in dry run."""
         if action.blocked_by is not None:
             return Outcome.BLOCKED
@@ -109,10 +112,10 @@ class Executor:
             server=action.server,
             reason=action.reason,
             occurred_at=now,
-            event_id=action.event_id,
+            event_id=action.event_id if isinstance(action, Delete) else None,
         )
 
-    def _done(self, report: ExecutionReport, action: Action, outcome: Outcome,
+    def _report(self, report: ExecutionReport, action: Action, outcome: Outcome,
               error: str | None) -> None:
         report.outcomes.append((action, outcome, error))
         log.info(
@@ -126,15 +129,16 @@ class Executor:
             error=error,
         )
 
-    async def _flag(self, report: ExecutionReport, action: Action, now: datetime) -> None:
+    async def _flag(self, report: ExecutionReport, action: Flag, now: datetime) -> None:
         event = self._event(action, now)
         assert event is not None, "a flag publishes instance.duplicate"
         await reached("flag.before")
         if await self.store.record_flag(action, event, lease=self._lease(action.server)):
-            self._done(report, action, Outcome.OK, None)
+            self._report(report, action, Outcome.OK, None)
         await reached("flag.after")
 
-    async def _update_status(self, report: ExecutionReport, action: Action, now: datetime) -> None:
+    async def _update_status(self, report: ExecutionReport, action: StatusChange,
+                             now: datetime) -> None:
         await reached("mark.before")
         changed = await self.store.update_status(
             action, event=self._event(action, now), lease=self._lease(action.server)
@@ -147,10 +151,10 @@ class Executor:
                 expected=action.expected_status,
             )
             return
-        self._done(report, action, Outcome.OK, None)
+        self._report(report, action, Outcome.OK, None)
 
     async def _delete_all(
-        self, report: ExecutionReport, server: str, actions: Sequence[Action], plan: Plan,
+        self, report: ExecutionReport, server: str, actions: Sequence[Delete], plan: Plan,
         now: datetime,
     ) -> None:
         client = self.clients[server]
@@ -158,14 +162,14 @@ class Executor:
         for action in actions:
             if action.already_gone:
                 await self._confirm(report, action, now)
-        requested: list[tuple[Action, InstanceMemory]] = []
+        requested: list[tuple[Delete, InstanceMemory]] = []
         for action in actions:
             if action.already_gone:
                 continue
             if await self.store.row_names_instance(action.instance_name, lease=lease):
                 blocked = replace(action, blocked_by=Guard.RECHECK)
                 await self.store.record(blocked, Outcome.BLOCKED, lease=lease)
-                self._done(report, blocked, Outcome.BLOCKED, None)
+                self._report(report, blocked, Outcome.BLOCKED, None)
                 continue
             action = replace(action, event_id=action.event_id or uuid.uuid4())
             assert action.event_id is not None
@@ -197,28 +201,28 @@ class Executor:
             else:
                 await self._confirm(report, action, now)
 
-    async def _confirm(self, report: ExecutionReport, action: Action, now: datetime) -> None:
+    async def _confirm(self, report: ExecutionReport, action: Delete, now: datetime) -> None:
         event = self._event(action, now)
         assert event is not None, "a delete publishes instance.removed"
         await reached("delete.confirm.before")
         if await self.store.confirm_removal(action, event, lease=self._lease(action.server)):
-            self._done(report, action, Outcome.OK, None)
+            self._report(report, action, Outcome.OK, None)
         else:
             log.info("removal already confirmed", server=action.server,
                      instance=action.instance_name)
         await reached("delete.confirm.after")
         report.delete_results.append((action, DeleteResult.VERIFIED))
 
-    async def _failed(self, report: ExecutionReport, action: Action, intent: InstanceMemory,
+    async def _failed(self, report: ExecutionReport, action: Delete, intent: InstanceMemory,
                       result: DeleteResult, error: str, now: datetime) -> None:
         entry = after_attempt(intent, action, result, now)
         assert entry is not None, "only a verified removal is forgotten"
         await self.store.record_delete_failure(action, entry, error,
                                                lease=self._lease(action.server))
-        self._done(report, action, Outcome.FAILED, error)
+        self._report(report, action, Outcome.FAILED, error)
         report.delete_results.append((action, result))
 
-    async def _logout_and_delete(self, client: EvolutionClient, action: Action) -> None:
+    async def _logout_and_delete(self, client: EvolutionClient, action: Delete) -> None:
         """Log a live instance out first (frees the phone's device slot); servers that refuse to
         delete an open instance (v1 <= 1.8.3, 2.2.0) get the logout they asked for, once."""
         if action.logout_first:
@@ -231,13 +235,13 @@ class Executor:
             await self._logout(client, action)
             await self._delete(client, action)
 
-    async def _logout(self, client: EvolutionClient, action: Action) -> None:
+    async def _logout(self, client: EvolutionClient, action: Delete) -> None:
         await reached("delete.logout.before")
         await self.store.check_lease(self._lease(action.server))
         await client.logout(action.instance_name)
         await reached("delete.logout.after")
 
-    async def _delete(self, client: EvolutionClient, action: Action) -> None:
+    async def _delete(self, client: EvolutionClient, action: Delete) -> None:
         await reached("delete.call.before")
         await self.store.check_lease(self._lease(action.server))
         await client.delete(action.instance_name)

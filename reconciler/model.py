@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import ClassVar
 from uuid import UUID
 
 MAX_INSTANCE_NAME = 255
@@ -282,30 +283,73 @@ class Drift:
     detail: str = ""
 
 
-@dataclass(frozen=True)
-class Action:
-    """One thing the executor should do (or audit as blocked / dry run)."""
+FLEET = ""
+"""The scope of a decision that belongs to no server (`missing`, a duplicate row that no server
+lists). The leader of the first server by name takes it; events, the audit log and the output
+spell it "" (SPEC 5), its metrics go under that first server."""
 
-    kind: ActionKind
+
+@dataclass(frozen=True, kw_only=True)
+class _Decision:
     server: str
+    """The server that lists the instance, or `FLEET`."""
     instance_name: str
     reason: str
     """The drift kind or disconnect reason: the audit `reason` and the event `reason`."""
     organization_id: UUID | None = None
-    row_id: UUID | None = None
-    expected_status: str | None = None
+    blocked_by: Guard | None = None
+    """Audited as blocked by this guard instead of being carried out."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Delete(_Decision):
+    """Delete an orphan, or confirm that an earlier delete of it took effect."""
+
+    kind: ClassVar[ActionKind] = ActionKind.DELETE
+    event: ClassVar[EventType] = EventType.REMOVED
+    logout_first: bool = False
+    """The instance is live: log it out first to free the phone's device slot."""
+    already_gone: bool = False
+    """An earlier delete was sent and the instance is now absent: only confirm it."""
+    event_id: UUID | None = None
+    """The removal's event id remembered from an earlier attempt (None: a new one)."""
+
+
+_MARK_EVENTS = {
+    ActionKind.MARK_DISCONNECTED: EventType.DISCONNECTED,
+    ActionKind.MARK_CONNECTED: EventType.CONNECTED,
+    ActionKind.MARK_MISSING: EventType.MISSING,
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class StatusChange(_Decision):
+    """Update an integration row's status, guarded by the status read."""
+
+    kind: ActionKind
+    """`mark_disconnected`, `mark_connected` or `mark_missing`."""
+    row_id: UUID
+    expected_status: str
     """The status read: the guard of the UPDATE (`WHERE id = $1 AND status = $2`)."""
     disconnect_reason: str | None = None
-    blocked_by: Guard | None = None
-    logout_first: bool = False
-    """Delete: the instance is live, so log it out first to free the phone's device slot."""
-    already_gone: bool = False
-    """Delete: an earlier delete was answered and the instance is now absent; only confirm it."""
-    event: EventType | None = None
-    event_id: UUID | None = None
-    """Delete: the removal's event id remembered from an earlier attempt (None: a new one)."""
-    group_key: str | None = None
-    """Flag: the duplicate group it reports, recorded with its event so it is reported once."""
+
+    @property
+    def event(self) -> EventType:
+        return _MARK_EVENTS[self.kind]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Flag(_Decision):
+    """Report a duplicate group once (`instance.duplicate`); nothing is changed."""
+
+    kind: ClassVar[ActionKind] = ActionKind.FLAG
+    event: ClassVar[EventType] = EventType.DUPLICATE
+    group_key: str
+    """The group it reports, recorded with its event so that it is reported once."""
+
+
+Action = Delete | StatusChange | Flag
+"""One thing the executor should do (or audit as blocked or as a dry run)."""
 
 
 @dataclass(frozen=True)

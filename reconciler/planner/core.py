@@ -7,12 +7,14 @@ from datetime import datetime
 
 from reconciler.model import (
     Action,
+    Delete,
     DesiredState,
     Drift,
     Memory,
     Plan,
     Policy,
     ServerRead,
+    StatusChange,
     Tombstone,
 )
 from reconciler.planner.duplicates import decide_duplicates
@@ -73,4 +75,6 @@ def _drift_order(d: Drift) -> tuple[str, str, str, str]:
 
 
 def _action_order(a: Action) -> tuple[str, str, str, str, str, bool]:
-    return (a.server, a.instance_name, a.kind.value, a.reason, str(a.row_id or ""), a.already_gone)
+    row = str(a.row_id) if isinstance(a, StatusChange) else ""
+    return (a.server, a.instance_name, a.kind.value, a.reason, row,
+            isinstance(a, Delete) and a.already_gone)

@@ -15,11 +15,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from reconciler.model import (
-    Action,
-    ActionKind,
+    FLEET,
     Drift,
     DriftKind,
-    EventType,
+    Flag,
     LiveState,
     Mode,
     ObservedInstance,
@@ -40,7 +39,7 @@ class _Group:
 @dataclass(frozen=True)
 class DuplicateDecision:
     drift: tuple[Drift, ...]
-    flags: tuple[Action, ...]
+    flags: tuple[Flag, ...]
     reported: frozenset[str]
 
 
@@ -108,7 +107,7 @@ def _rows(view: PassView) -> tuple[list[Drift], list[_Group]]:
     for name, rows in sorted(view.rows_by_name.items()):
         if len(rows) < 2:
             continue
-        servers = [c.server for c in view.copies.get(name, ())] or [""]
+        servers = [c.server for c in view.copies.get(name, ())] or [FLEET]
         detail = f"{len(rows)} rows"
         drift.extend(Drift(s, name, DriftKind.DUPLICATE_ROW, detail) for s in servers)
         groups.append(_Group(f"{DriftKind.DUPLICATE_ROW}:{name}", DriftKind.DUPLICATE_ROW,
@@ -116,13 +115,11 @@ def _rows(view: PassView) -> tuple[list[Drift], list[_Group]]:
     return drift, groups
 
 
-def _flag(view: PassView, group: _Group) -> Action:
-    return Action(
-        kind=ActionKind.FLAG,
+def _flag(view: PassView, group: _Group) -> Flag:
+    return Flag(
         server=group.server,
         instance_name=group.instance_name,
         reason=group.kind.value,
         organization_id=view.organization_id(group.instance_name),
-        event=EventType.DUPLICATE,
         group_key=group.key,
     )

@@ -20,15 +20,15 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
-from reconciler.model import Action, ActionKind, Guard, PassCounts
+from reconciler.model import Action, ActionKind, Delete, Guard, PassCounts
 from reconciler.planner.view import PassView, is_protected
 
 
-def guard_deletes(view: PassView, candidates: Sequence[Action]) -> tuple[Action, ...]:
-    by_server: dict[str, list[Action]] = defaultdict(list)
+def guard_deletes(view: PassView, candidates: Sequence[Delete]) -> tuple[Delete, ...]:
+    by_server: dict[str, list[Delete]] = defaultdict(list)
     for action in candidates:
         by_server[action.server].append(replace(action, blocked_by=_evidence(view, action)))
-    guarded: list[Action] = []
+    guarded: list[Delete] = []
     for server, actions in by_server.items():
         open_count = sum(1 for a in actions if a.blocked_by is None)
         guard = blast_radius(view, server, open_count)
@@ -38,7 +38,7 @@ def guard_deletes(view: PassView, candidates: Sequence[Action]) -> tuple[Action,
     return tuple(guarded)
 
 
-def _evidence(view: PassView, action: Action) -> Guard | None:
+def _evidence(view: PassView, action: Delete) -> Guard | None:
     """Guards 2, 3 and the claims of rule 5: never lifted."""
     if is_protected(view.policy, action.instance_name):
         return Guard.PROTECTED

@@ -12,11 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from reconciler.model import (
-    Action,
-    ActionKind,
+    Delete,
     Drift,
     DriftKind,
-    EventType,
     InstanceMemory,
     LiveState,
     ObservedInstance,
@@ -30,9 +28,9 @@ DUPLICATE_NUMBER = "duplicate_number"
 @dataclass(frozen=True)
 class OrphanDecision:
     drift: tuple[Drift, ...]
-    candidates: tuple[Action, ...]
+    candidates: tuple[Delete, ...]
     """Deletes of confirmed orphans, not yet guarded (`blocked_by` is None)."""
-    confirmations: tuple[Action, ...]
+    confirmations: tuple[Delete, ...]
     """`already_gone` deletes: answered earlier, absent now; never blocked, never counted."""
     instances: Mapping[Key, InstanceMemory]
     """Memory of every server read completely (servers whose read failed are not in it)."""
@@ -42,8 +40,8 @@ class OrphanDecision:
 
 def decide_orphans(view: PassView) -> OrphanDecision:
     drift: list[Drift] = []
-    candidates: list[Action] = []
-    confirmations: list[Action] = []
+    candidates: list[Delete] = []
+    confirmations: list[Delete] = []
     instances: dict[Key, InstanceMemory] = {}
     contested: set[str] = set()
     numbers = _live_desired_numbers(view)
@@ -53,14 +51,14 @@ def decide_orphans(view: PassView) -> OrphanDecision:
             previous = view.memory.instances.get(key)
             if previous is not None and _recreated(previous, inst):
                 if previous.delete_requested_at is not None:
-                    confirmations.append(_gone(view, previous))
+                    confirmations.append(_confirm_removal(view, previous))
                 previous = None
             base = replace(
                 previous or InstanceMemory(server, inst.name, first_seen=view.now),
                 instance_id=inst.instance_id or (previous.instance_id if previous else None),
             )
             if view.is_desired(inst.name):
-                instances[key] = _owned(base)
+                instances[key] = _forget_orphan_history(base)
                 continue
             entry = replace(
                 base,
@@ -91,7 +89,7 @@ def decide_orphans(view: PassView) -> OrphanDecision:
                 continue
             if remembered.delete_requested_at is not None:
                 instances[(server, remembered.instance_name)] = remembered
-                confirmations.append(_gone(view, remembered))
+                confirmations.append(_confirm_removal(view, remembered))
     return OrphanDecision(
         drift=tuple(drift),
         candidates=tuple(candidates),
@@ -107,7 +105,7 @@ def _recreated(previous: InstanceMemory, inst: ObservedInstance) -> bool:
             and previous.instance_id != inst.instance_id)
 
 
-def _owned(entry: InstanceMemory) -> InstanceMemory:
+def _forget_orphan_history(entry: InstanceMemory) -> InstanceMemory:
     """Named by a row again: forget the orphan history, including any delete in flight."""
     return replace(
         entry,
@@ -154,30 +152,27 @@ def _shares_live_number(inst: ObservedInstance, numbers: frozenset[str]) -> bool
     return inst.live is LiveState.OPEN and inst.number is not None and inst.number in numbers
 
 
-def _delete(view: PassView, inst: ObservedInstance, reason: str, entry: InstanceMemory) -> Action:
+def _delete(view: PassView, inst: ObservedInstance, reason: str, entry: InstanceMemory) -> Delete:
     settled = inst.live is LiveState.CLOSE or (
         inst.live is LiveState.UNKNOWN and inst.stored_status == "close"
     )
-    return Action(
-        kind=ActionKind.DELETE,
+    return Delete(
         server=inst.server,
         instance_name=inst.name,
         reason=reason,
         organization_id=view.organization_id(inst.name),
         logout_first=not settled,
-        event=EventType.REMOVED,
         event_id=entry.delete_event_id,
     )
 
 
-def _gone(view: PassView, entry: InstanceMemory) -> Action:
-    return Action(
-        kind=ActionKind.DELETE,
+def _confirm_removal(view: PassView, entry: InstanceMemory) -> Delete:
+    """An earlier delete took effect: publish its removal under its one event id."""
+    return Delete(
         server=entry.server,
         instance_name=entry.instance_name,
         reason=entry.delete_reason or ORPHAN,
         organization_id=view.organization_id(entry.instance_name),
         already_gone=True,
-        event=EventType.REMOVED,
         event_id=entry.delete_event_id,
     )

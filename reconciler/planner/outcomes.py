@@ -14,7 +14,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from uuid import UUID
 
-from reconciler.model import Action, ActionKind, DeleteResult, InstanceMemory, Memory
+from reconciler.model import Delete, DeleteResult, InstanceMemory, Memory
 
 _FIRST_RETRY = timedelta(seconds=30)
 _LONGEST_RETRY = timedelta(hours=1)
@@ -27,7 +27,7 @@ def delete_backoff(attempts: int) -> timedelta:
 
 
 def intent_to_delete(
-    entry: InstanceMemory | None, action: Action, event_id: UUID, now: datetime
+    entry: InstanceMemory | None, action: Delete, event_id: UUID, now: datetime
 ) -> InstanceMemory:
     """The memory written before the first call of a delete: requested, under `event_id`."""
     entry = entry or InstanceMemory(action.server, action.instance_name, first_seen=now)
@@ -40,7 +40,7 @@ def intent_to_delete(
 
 
 def after_attempt(
-    entry: InstanceMemory | None, action: Action, result: DeleteResult, now: datetime
+    entry: InstanceMemory | None, action: Delete, result: DeleteResult, now: datetime
 ) -> InstanceMemory | None:
     """The memory after one attempt; None once the removal is verified (nothing more is owed)."""
     if result is DeleteResult.VERIFIED:
@@ -58,13 +58,11 @@ def after_attempt(
 
 
 def record_outcomes(
-    memory: Memory, outcomes: Sequence[tuple[Action, DeleteResult]], now: datetime
+    memory: Memory, outcomes: Sequence[tuple[Delete, DeleteResult]], now: datetime
 ) -> Memory:
     instances = dict(memory.instances)
     tombstones = dict(memory.tombstones)
     for action, result in outcomes:
-        if action.kind is not ActionKind.DELETE:
-            continue
         key = (action.server, action.instance_name)
         if result is DeleteResult.VERIFIED:
             tombstones.pop(action.instance_name, None)

@@ -13,17 +13,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from reconciler.model import (
-    Action,
+    FLEET,
     ActionKind,
     DesiredInstance,
     Disconnect,
     Drift,
     DriftKind,
-    EventType,
     InstanceMemory,
     LiveState,
     ObservedInstance,
     RowStatus,
+    StatusChange,
 )
 from reconciler.planner.view import Key, PassView
 from reconciler.reasons import INSTANCE_MISSING, classify
@@ -37,7 +37,7 @@ _MIN_RESTART_WAVE = 3
 @dataclass(frozen=True)
 class StatusDecision:
     drift: tuple[Drift, ...]
-    actions: tuple[Action, ...]
+    actions: tuple[StatusChange, ...]
     degraded_servers: frozenset[str]
     missing_streaks: Mapping[str, int]
     missing_pending: bool
@@ -80,8 +80,8 @@ def track_connections(
 
 def decide_statuses(view: PassView) -> StatusDecision:
     drift: list[Drift] = []
-    actions: list[Action] = []
-    waiting: list[Action] = []
+    actions: list[StatusChange] = []
+    waiting: list[StatusChange] = []
     connected: Counter[str] = Counter()
     strained: Counter[str] = Counter()
     rows = [r for r in view.desired if r.enabled and r.status in _TRACKED]
@@ -142,8 +142,8 @@ def _confirmed_down(view: PassView, inst: ObservedInstance) -> bool:
 
 def _mark_disconnected(
     view: PassView, row: DesiredInstance, inst: ObservedInstance, why: Disconnect
-) -> Action:
-    return Action(
+) -> StatusChange:
+    return StatusChange(
         kind=ActionKind.MARK_DISCONNECTED,
         server=inst.server,
         instance_name=row.instance_name,
@@ -152,12 +152,11 @@ def _mark_disconnected(
         row_id=row.id,
         expected_status=row.status,
         disconnect_reason=why.reason,
-        event=EventType.DISCONNECTED,
     )
 
 
-def _mark_connected(view: PassView, row: DesiredInstance, inst: ObservedInstance) -> Action:
-    return Action(
+def _mark_connected(view: PassView, row: DesiredInstance, inst: ObservedInstance) -> StatusChange:
+    return StatusChange(
         kind=ActionKind.MARK_CONNECTED,
         server=inst.server,
         instance_name=row.instance_name,
@@ -165,14 +164,13 @@ def _mark_connected(view: PassView, row: DesiredInstance, inst: ObservedInstance
         organization_id=view.organization_id(row.instance_name, row),
         row_id=row.id,
         expected_status=row.status,
-        event=EventType.CONNECTED,
     )
 
 
 @dataclass(frozen=True)
 class _Missing:
     drift: tuple[Drift, ...]
-    actions: tuple[Action, ...]
+    actions: tuple[StatusChange, ...]
     streaks: Mapping[str, int]
     pending: bool
 
@@ -186,31 +184,30 @@ def _decide_missing(view: PassView, rows: list[DesiredInstance]) -> _Missing:
         return _Missing((), (), kept, False)
     streaks = {name: view.memory.missing_streaks.get(name, 0) + 1 for name in absent}
     drift: dict[str, Drift] = {}
-    actions: list[Action] = []
+    actions: list[StatusChange] = []
     pending = False
     for row in rows:
         name = row.instance_name
         if name not in streaks:
             continue
         if row.status == RowStatus.DISCONNECTED and row.disconnect_reason == INSTANCE_MISSING:
-            drift[name] = Drift("", name, DriftKind.MISSING, INSTANCE_MISSING)
+            drift[name] = Drift(FLEET, name, DriftKind.MISSING, INSTANCE_MISSING)
             continue
         pending = True
         if streaks[name] >= view.policy.orphan_confirmations:
-            drift[name] = Drift("", name, DriftKind.MISSING, INSTANCE_MISSING)
+            drift[name] = Drift(FLEET, name, DriftKind.MISSING, INSTANCE_MISSING)
             actions.append(_mark_missing(view, row))
     return _Missing(tuple(drift.values()), tuple(actions), streaks, pending)
 
 
-def _mark_missing(view: PassView, row: DesiredInstance) -> Action:
-    return Action(
+def _mark_missing(view: PassView, row: DesiredInstance) -> StatusChange:
+    return StatusChange(
         kind=ActionKind.MARK_MISSING,
-        server="",
+        server=FLEET,
         instance_name=row.instance_name,
         reason=INSTANCE_MISSING,
         organization_id=view.organization_id(row.instance_name, row),
         row_id=row.id,
         expected_status=row.status,
         disconnect_reason=INSTANCE_MISSING,
-        event=EventType.MISSING,
     )

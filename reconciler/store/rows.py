@@ -16,6 +16,7 @@ from reconciler.model import (
     InstanceMemory,
     LiveState,
     RowStatus,
+    StatusChange,
 )
 from reconciler.names import instance_key
 from reconciler.reasons import INSTANCE_MISSING
@@ -125,7 +126,12 @@ def _decoded(text: str) -> object:
         return None
 
 
-def status_change(action: Action) -> tuple[str, str | None]:
+def row_of(action: Action) -> UUID | None:
+    """The integration row an action concerns, for the audit log (status changes have one)."""
+    return action.row_id if isinstance(action, StatusChange) else None
+
+
+def status_change(action: StatusChange) -> tuple[str, str | None]:
     """The (status, disconnect_reason) an action writes to its integration row."""
     if action.kind is ActionKind.MARK_DISCONNECTED:
         if not action.disconnect_reason:

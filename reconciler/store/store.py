@@ -22,12 +22,15 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from reconciler.model import (
     Action,
+    Delete,
     DesiredInstance,
     DesiredState,
+    Flag,
     InstanceMemory,
     Memory,
     Outcome,
     PassCounts,
+    StatusChange,
     Tombstone,
 )
 from reconciler.names import instance_key
@@ -43,6 +46,7 @@ from reconciler.store.rows import (
     event_id_of,
     instance_memory,
     observation_row,
+    row_of,
     status_change,
 )
 from reconciler.store.schema import MIGRATIONS, TRIGGER, TRIGGER_FUNCTION, VERSION_TABLE, render
@@ -315,7 +319,7 @@ class Store:
     # --- writes that act on decisions ----------------------------------------------------------
 
     async def update_status(
-        self, action: Action, *, event: dict[str, object] | None, lease: LeaseToken | None
+        self, action: StatusChange, *, event: dict[str, object] | None, lease: LeaseToken | None
     ) -> bool:
         """Apply a status change guarded by the status read; False when the application won."""
         if action.row_id is None or action.expected_status is None:
@@ -365,7 +369,7 @@ class Store:
                 f"INSERT INTO {self._names.own}.audit_log (server, instance_name,"
                 " organization_id, row_id, action, reason, guard, outcome, epoch)"
                 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                [(a.server, a.instance_name, a.organization_id, a.row_id, a.kind.value, a.reason,
+                [(a.server, a.instance_name, a.organization_id, row_of(a), a.kind.value, a.reason,
                   a.blocked_by.value if a.blocked_by else None, outcome.value,
                   lease.epoch if lease else None) for a, outcome, lease in entries])
 
@@ -381,7 +385,7 @@ class Store:
             await self._remember(conn, entry)
 
     async def record_delete_failure(
-        self, action: Action, entry: InstanceMemory, error: str, *, lease: LeaseToken
+        self, action: Delete, entry: InstanceMemory, error: str, *, lease: LeaseToken
     ) -> None:
         """A failed or unverified attempt: its audit row and the backoff, in one transaction."""
         async with self._transaction("recording a failed delete", [lease]) as conn:
@@ -389,7 +393,7 @@ class Store:
             await self._remember(conn, entry)
 
     async def confirm_removal(
-        self, action: Action, event: dict[str, object], *, lease: LeaseToken
+        self, action: Delete, event: dict[str, object], *, lease: LeaseToken
     ) -> bool:
         """The removal verified: its audit row, its event, and forgetting the intent, in one
         transaction, so no crash can publish it twice. False when the intent is already
@@ -408,7 +412,7 @@ class Store:
         return True
 
     async def record_flag(
-        self, action: Action, event: dict[str, object], *, lease: LeaseToken
+        self, action: Flag, event: dict[str, object], *, lease: LeaseToken
     ) -> bool:
         """A duplicate group reported with its event, once: False if it was reported already."""
         if action.group_key is None:
@@ -447,7 +451,7 @@ class Store:
             f"INSERT INTO {own}.audit_log (server, instance_name, organization_id, row_id, action,"
             " reason, guard, outcome, error, event_id, epoch)"
             " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            action.server, action.instance_name, action.organization_id, action.row_id,
+            action.server, action.instance_name, action.organization_id, row_of(action),
             action.kind.value, action.reason,
             action.blocked_by.value if action.blocked_by else None,
             outcome.value, error, event_id, lease.epoch if lease else None,

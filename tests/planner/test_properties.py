@@ -19,6 +19,7 @@ from reconciler.model import (
     BLAST_RADIUS_GUARDS,
     Action,
     ActionKind,
+    Delete,
     DeleteResult,
     DriftKind,
     Guard,
@@ -45,7 +46,7 @@ def real_deletes(actions: tuple[Action, ...]) -> list[Action]:
     """Deletes that call Evolution: unblocked, not the confirmation of an earlier one."""
     return [
         a for a in actions
-        if a.kind is ActionKind.DELETE and a.blocked_by is None and not a.already_gone
+        if isinstance(a, Delete) and a.blocked_by is None and not a.already_gone
     ]
 
 
@@ -131,7 +132,7 @@ def test_one_deletion_is_never_held_back_by_the_fraction(s: Scenario) -> None:
 @given(scenarios())
 def test_a_claimed_instance_is_only_ever_audited_as_blocked(s: Scenario) -> None:
     for action in s.plan().actions:
-        if action.kind is ActionKind.DELETE and action.instance_name in s.desired.claimed:
+        if isinstance(action, Delete) and action.instance_name in s.desired.claimed:
             assert action.already_gone or action.blocked_by in (
                 Guard.INVALID_ROW, Guard.PROTECTED, Guard.INCOMPLETE_READ), action
 
@@ -181,10 +182,12 @@ def test_converges_then_does_nothing(s: Scenario) -> None:
 @given(scenarios())
 def test_an_applied_action_is_never_planned_again(s: Scenario) -> None:
     first = s.plan()
-    done = {(a.kind, a.server, a.instance_name, a.row_id) for a in taken(first, s.policy.mode)}
+    done = {(a.kind, a.server, a.instance_name, getattr(a, "row_id", None))
+            for a in taken(first, s.policy.mode)}
     later = apply(s, first, now=s.now + s.policy.disconnect_after)
     for action in taken(later.plan(), s.policy.mode):
-        assert (action.kind, action.server, action.instance_name, action.row_id) not in done
+        assert (action.kind, action.server, action.instance_name,
+                getattr(action, "row_id", None)) not in done
 
 
 @THOROUGH
@@ -230,7 +233,7 @@ def test_failed_servers_keep_their_memory_and_nothing_is_decided_from_them(s: Sc
     assert not any(a.server in failed for a in plan.actions)
     assert not any(d.server in failed for d in plan.drift)
     if failed:
-        assert all(a.blocked_by is not None or a.already_gone or a.kind is not ActionKind.DELETE
+        assert all(a.blocked_by is not None or not isinstance(a, Delete) or a.already_gone
                    for a in plan.actions)
 
 
@@ -244,11 +247,12 @@ def test_plans_are_well_formed(s: Scenario) -> None:
     assert order == sorted(order)
     for action in plan.actions:
         about_rows = action.kind in STATUS_KINDS or action.reason == DriftKind.DUPLICATE_ROW
-        assert s.policy.managed_pattern.fullmatch(action.instance_name) or action.already_gone or (
+        confirmation = isinstance(action, Delete) and action.already_gone
+        assert s.policy.managed_pattern.fullmatch(action.instance_name) or confirmation or (
             about_rows and any(r.instance_name == action.instance_name
                                for r in s.desired.instances)
         ), "an unmanaged instance is never acted on"
-        if action.already_gone:
+        if confirmation:
             assert action.blocked_by is None and listed(s, action.server,
                                                         action.instance_name) is None
     unmanaged = {d.instance_name for d in plan.drift if d.kind is DriftKind.UNMANAGED}

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 
 from reconciler.events import EventPublisher, PublishError, build_event, relay_outbox
-from reconciler.model import Action, ActionKind, EventType, Outcome
+from reconciler.model import Delete, EventType, Outcome
 from reconciler.observability import Metrics
 from reconciler.store import Store
 
@@ -77,8 +77,8 @@ async def _decide(store: Store, count: int) -> list[dict[str, object]]:
     events = []
     for i in range(count):
         name = f"{NAME}-{i % 2}"
-        action = Action(kind=ActionKind.DELETE, server="default", instance_name=name,
-                        reason="orphan", organization_id=ORG)
+        action = Delete(server="default", instance_name=name, reason="orphan",
+                        organization_id=ORG)
         event = build_event(EventType.REMOVED, instance_name=name, organization_id=ORG,
                             server="default", reason="orphan", occurred_at=datetime.now(UTC))
         await store.record(action, Outcome.OK, event=event)

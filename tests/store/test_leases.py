@@ -9,7 +9,7 @@ import anyio
 import pytest
 from store_helpers import App
 
-from reconciler.model import Action, ActionKind, InstanceMemory, Memory, Outcome
+from reconciler.model import ActionKind, InstanceMemory, Memory, Outcome, StatusChange
 from reconciler.store import LeaseLost, LeaseToken, Store
 
 
@@ -50,9 +50,9 @@ async def test_takeover_after_expiry_fences_out_the_old_holder(store: Store, app
 
     assert new.epoch == old.epoch + 1
     assert not await store.renew_lease(old)
-    action = Action(kind=ActionKind.MARK_DISCONNECTED, server="br-1", instance_name="clinic-a",
-                    reason="logged_out", row_id=row_id, expected_status="connected",
-                    disconnect_reason="logged_out")
+    action = StatusChange(kind=ActionKind.MARK_DISCONNECTED, server="br-1",
+                          instance_name="clinic-a", reason="logged_out", row_id=row_id,
+                          expected_status="connected", disconnect_reason="logged_out")
     event = {"event_id": "0b9f6c1e-6a55-4a3e-9d4e-6f0d2a3b1c77", "type": "instance.removed"}
     before = await app.row(row_id)
     memory = Memory(instances={("br-1", "clinic-a"): InstanceMemory(

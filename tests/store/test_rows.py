@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from reconciler.model import Action, ActionKind, DesiredInstance
+from reconciler.model import ActionKind, DesiredInstance, StatusChange
 from reconciler.store.names import SqlNames
 from reconciler.store.rows import InvalidRow, claimed_keys, desired_from_row, status_change
 from reconciler.store.store import _passwords
@@ -63,9 +63,10 @@ def test_claims_are_every_string_also_inside_strings_that_hold_json() -> None:
 
 
 def test_status_change() -> None:
-    def action(kind: ActionKind, reason: str | None = None) -> Action:
-        return Action(kind=kind, server="s", instance_name="n", reason="r",
-                      disconnect_reason=reason)
+    def action(kind: ActionKind, reason: str | None = None) -> StatusChange:
+        return StatusChange(kind=kind, server="s", instance_name="n", reason="r",
+                            row_id=uuid.UUID(int=1), expected_status="connected",
+                            disconnect_reason=reason)
 
     assert status_change(action(ActionKind.MARK_DISCONNECTED, "banned")) == \
         ("disconnected", "banned")

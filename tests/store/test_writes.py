@@ -9,16 +9,25 @@ import pytest
 from store_helpers import App
 
 from reconciler.events import build_event
-from reconciler.model import Action, ActionKind, EventType, Guard, Outcome
+from reconciler.model import (
+    Action,
+    ActionKind,
+    Delete,
+    EventType,
+    Flag,
+    Guard,
+    Outcome,
+    StatusChange,
+)
 from reconciler.store import Store, StoreError
 
 
 def _mark(kind: ActionKind, row_id: uuid.UUID, expected: str, *, name: str = "clinic-a",
           reason: str = "logged_out", disconnect_reason: str | None = None,
-          org: uuid.UUID | None = None) -> Action:
-    return Action(kind=kind, server="default", instance_name=name, reason=reason,
-                  organization_id=org, row_id=row_id, expected_status=expected,
-                  disconnect_reason=disconnect_reason)
+          org: uuid.UUID | None = None) -> StatusChange:
+    return StatusChange(kind=kind, server="default", instance_name=name, reason=reason,
+                        organization_id=org, row_id=row_id, expected_status=expected,
+                        disconnect_reason=disconnect_reason)
 
 
 def _event(action: Action, event_type: EventType) -> dict[str, object]:
@@ -90,8 +99,8 @@ async def test_a_deleted_row_or_another_type_is_a_guard_miss(store: Store, app: 
 
 async def test_a_failure_after_the_update_leaves_nothing_written(store: Store, app: App) -> None:
     row_id = await app.insert(instance_name="clinic-a", status="connected")
-    flag = Action(kind=ActionKind.FLAG, server="default", instance_name="clinic-a",
-                  reason="duplicate_row")
+    flag = Flag(server="default", instance_name="clinic-a", reason="duplicate_row",
+                group_key="duplicate_row:clinic-a")
     event = _event(flag, EventType.DUPLICATE)
     await store.record(flag, Outcome.OK, event=event)
     before = await app.row(row_id)
@@ -107,12 +116,12 @@ async def test_a_failure_after_the_update_leaves_nothing_written(store: Store, a
 
 
 async def test_update_refuses_an_action_that_is_no_status_change(store: Store) -> None:
-    delete = Action(kind=ActionKind.DELETE, server="default", instance_name="clinic-a",
-                    reason="orphan", row_id=uuid.uuid4(), expected_status="connected")
-    with pytest.raises(ValueError, match="does not update"):
-        await store.update_status(delete, event=None, lease=None)
-    unguarded = Action(kind=ActionKind.MARK_CONNECTED, server="default",
-                       instance_name="clinic-a", reason="reconnected", row_id=uuid.uuid4())
+    with pytest.raises(TypeError, match="row_id"):
+        Delete(server="default", instance_name="clinic-a", reason="orphan",  # type: ignore[call-arg]
+               row_id=uuid.uuid4(), expected_status="connected")
+    unguarded = StatusChange(kind=ActionKind.MARK_CONNECTED, server="default",
+                             instance_name="clinic-a", reason="reconnected", row_id=uuid.uuid4(),
+                             expected_status=None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="expected_status"):
         await store.update_status(unguarded, event=None, lease=None)
 
@@ -121,15 +130,15 @@ async def test_record_writes_every_audit_column_and_the_outbox(store: Store) -> 
     org, row = uuid.uuid4(), uuid.uuid4()
     token = await store.acquire_lease("default", "replica-1")
     assert token is not None
-    delete = Action(kind=ActionKind.DELETE, server="default", instance_name="clinic-x",
-                    reason="orphan", organization_id=org, row_id=row)
-    blocked = Action(kind=ActionKind.DELETE, server="default", instance_name="clinic-y",
-                     reason="orphan", blocked_by=Guard.MAX_DELETIONS)
-    event = _event(delete, EventType.REMOVED)
+    mark = _mark(ActionKind.MARK_DISCONNECTED, row, "connected", name="clinic-x",
+                 reason="orphan", org=org)
+    blocked = Delete(server="default", instance_name="clinic-y", reason="orphan",
+                     blocked_by=Guard.MAX_DELETIONS)
+    event = _event(mark, EventType.DISCONNECTED)
 
-    await store.record(delete, Outcome.OK, event=event, lease=token)
+    await store.record(mark, Outcome.OK, event=event, lease=token)
     await store.record(blocked, Outcome.BLOCKED, lease=token)
-    await store.record(delete, Outcome.FAILED, error="HTTP 500 from server", lease=token)
+    await store.record(mark, Outcome.FAILED, error="HTTP 500 from server", lease=token)
     await store.record(blocked, Outcome.DRY_RUN)
 
     rows = await store.audit_rows()
@@ -140,7 +149,7 @@ async def test_record_writes_every_audit_column_and_the_outbox(store: Store) -> 
         assert isinstance(r["at"], datetime) and r["at"].tzinfo is not None
     assert {k: v for k, v in ok.items() if k not in ("id", "at")} == {
         "server": "default", "instance_name": "clinic-x", "organization_id": org,
-        "row_id": row, "action": "delete", "reason": "orphan", "guard": None,
+        "row_id": row, "action": "mark_disconnected", "reason": "orphan", "guard": None,
         "outcome": "ok", "error": None, "event_id": uuid.UUID(str(event["event_id"])),
         "epoch": token.epoch,
     }

@@ -9,8 +9,7 @@ import pytest
 
 from reconciler.executor import ExecutionReport
 from reconciler.model import (
-    Action,
-    ActionKind,
+    Delete,
     DesiredState,
     Drift,
     DriftKind,
@@ -31,7 +30,7 @@ ESCAPED = r"clinic-x\nSERVER  INSTANCE  DRIFT\x1b[2J\r\x85\u2028\x9b31m"
 
 
 def result(name: str) -> PassResult:
-    delete = Action(ActionKind.DELETE, "s1", name, reason=f"orphan {name}")
+    delete = Delete(server="s1", instance_name=name, reason=f"orphan {name}")
     return PassResult(
         started_at=datetime(2026, 1, 1, tzinfo=UTC),
         servers=("s1", "s2"),
