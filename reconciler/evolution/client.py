@@ -29,6 +29,9 @@ from tenacity import (
 from reconciler.evolution import v1, v2
 from reconciler.evolution.errors import (
     EvolutionError,
+    NeedsLogout,
+    OperatorError,
+    TransientError,
     clip,
     envelope_message,
     is_license_required,
@@ -72,6 +75,16 @@ METRICS_SINCE = (2, 3, 3)
 """Evolution serves `/metrics` from 2.3.3, when `PROMETHEUS_METRICS=true`."""
 READ_STAGE = "read_observed"
 _GATEWAY_ERRORS = frozenset({502, 503, 504})
+
+
+def _read_may_recover(status: int) -> bool:
+    """A read is safe to repeat: any server error, a timeout or throttling may pass."""
+    return status >= 500 or status in (408, 429)
+
+
+def _write_may_recover(status: int) -> bool:
+    """A write is repeated only where the request may not have reached Evolution."""
+    return status in _GATEWAY_ERRORS
 
 
 @dataclass(frozen=True)
@@ -225,22 +238,24 @@ class EvolutionClient:
                 raise
             except (TimeoutError, httpx.TimeoutException) as exc:
                 code = "timeout"
-                raise EvolutionError(f"{endpoint}: no answer within {self._timeout:g} s",
-                                     transient=True) from exc
+                raise TransientError(
+                    f"{endpoint}: no answer within {self._timeout:g} s") from exc
             except httpx.HTTPError as exc:
-                raise EvolutionError(
-                    self._scrub(f"{endpoint}: {type(exc).__name__}: {exc}"), transient=True
-                ) from exc
+                raise TransientError(
+                    self._scrub(f"{endpoint}: {type(exc).__name__}: {exc}")) from exc
             finally:
                 self._observe(endpoint, code, time.perf_counter() - started)
 
-    def _failure(self, endpoint: str, answer: _Answer) -> EvolutionError:
-        """Why an answer is not the one asked for, and whether a person or a retry can fix it."""
+    def _failure(self, endpoint: str, answer: _Answer,
+                 may_recover: Callable[[int], bool] = _read_may_recover) -> EvolutionError:
+        """Why an answer is not the one asked for, typed by whether a person or a retry can fix
+        it; `may_recover` says which other statuses a retry may fix."""
         status = answer.status
+        unknown = TransientError if may_recover(status) else EvolutionError
         if answer.looks_html():
-            return EvolutionError(
-                f"{endpoint}: HTTP {status} with an HTML page (a proxy or a wrong URL?)",
-                status=status, operator_error=status < 500, transient=status >= 500)
+            kind = OperatorError if status < 500 else unknown
+            return kind(f"{endpoint}: HTTP {status} with an HTML page (a proxy or a wrong URL?)",
+                        status=status)
         try:
             body = answer.json()
         except ValueError:
@@ -248,16 +263,13 @@ class EvolutionClient:
         message = envelope_message(body)
         detail = self._scrub(f"{endpoint}: HTTP {status}" + (f": {message}" if message else ""))
         if is_license_required(body):
-            return EvolutionError(detail + " (the server's licence is not activated)",
-                                  status=status, operator_error=True)
+            return OperatorError(detail + " (the server's licence is not activated)",
+                                 status=status)
         if status == 401:
-            return EvolutionError(detail + " (the server rejected the API key)", status=status,
-                                  operator_error=True)
+            return OperatorError(detail + " (the server rejected the API key)", status=status)
         if status in (403, 404):
-            return EvolutionError(detail + " (wrong URL or route?)", status=status,
-                                  operator_error=True)
-        return EvolutionError(detail, status=status,
-                              transient=status >= 500 or status in (408, 429))
+            return OperatorError(detail + " (wrong URL or route?)", status=status)
+        return unknown(detail, status=status)
 
     def _json(self, endpoint: str, answer: _Answer) -> Any:
         if answer.looks_html():
@@ -265,9 +277,9 @@ class EvolutionClient:
         try:
             return answer.json()
         except ValueError as exc:
-            raise EvolutionError(
+            raise TransientError(
                 f"{endpoint}: HTTP {answer.status} body is not JSON (truncated or broken)",
-                status=answer.status, transient=True) from exc
+                status=answer.status) from exc
 
     def _log_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -294,13 +306,12 @@ class EvolutionClient:
             body = self._json(endpoint, answer)
             if isinstance(body, dict) and body.get("error") is True:
                 message = envelope_message(body) or "no message"
-                raise EvolutionError(
+                raise TransientError(
                     self._scrub(f"{endpoint}: HTTP 200 carrying an error: {message}"),
-                    status=200, transient=True)
+                    status=200)
             return body
 
-        return await self._retrying(
-            attempt, lambda e: isinstance(e, EvolutionError) and e.transient)
+        return await self._retrying(attempt, lambda e: isinstance(e, TransientError))
 
     # --- reads ---------------------------------------------------------------------------
 
@@ -356,11 +367,12 @@ class EvolutionClient:
             line = self._settle_line(root, body)
             listing = self._parse(line, body)
         except EvolutionError as exc:
-            log = self._log.error if exc.operator_error else self._log.warning
-            log("evolution.read_failed", error=exc.message, operator_error=exc.operator_error,
+            operator_error = isinstance(exc, OperatorError)
+            log = self._log.error if operator_error else self._log.warning
+            log("evolution.read_failed", error=exc.message, operator_error=operator_error,
                 status=exc.status)
             return ServerReadError(server=self._server.name, stage=READ_STAGE,
-                                   error=exc.message, operator_error=exc.operator_error)
+                                   error=exc.message, operator_error=operator_error)
         instances = listing.instances
         if line == V2:
             instances = await self._with_live(instances, frozenset(want_live))
@@ -485,15 +497,9 @@ class EvolutionClient:
             body = None if answer.looks_html() else _safe_json(answer)
             if body is not None and done(answer, envelope_message(body)):
                 return
-            failure = self._failure(endpoint, answer)
-            if answer.status not in _GATEWAY_ERRORS or is_license_required(body):
-                failure.transient = False
-            raise failure
+            raise self._failure(endpoint, answer, _write_may_recover)
 
-        def repeatable(exc: BaseException) -> bool:
-            return isinstance(exc, EvolutionError) and exc.transient
-
-        await self._retrying(attempt, repeatable)
+        await self._retrying(attempt, lambda e: isinstance(e, TransientError))
 
     async def logout(self, name: str) -> None:
         """Log an instance out; a missing or already disconnected one counts as done."""
@@ -516,9 +522,8 @@ class EvolutionClient:
             if answer.status == 404:
                 return _instance_gone(message)
             if answer.status == 400 and "needs to be disconnected" in (message or ""):
-                raise EvolutionError(
-                    self._scrub(f"delete: HTTP 400: {message} (log it out first)"),
-                    status=400, needs_logout=True)
+                raise NeedsLogout(
+                    self._scrub(f"delete: HTTP 400: {message} (log it out first)"), status=400)
             return False
 
         await self._write("delete", _instance_path("delete", name), done)
