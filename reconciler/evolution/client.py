@@ -65,6 +65,7 @@ from reconciler.model import (
     ServerReadError,
 )
 from reconciler.observability import Metrics
+from reconciler.redaction import redact
 from reconciler.settings import ServerConfig
 
 T = TypeVar("T")
@@ -193,8 +194,7 @@ class EvolutionClient:
     # --- transport -----------------------------------------------------------------------
 
     def _scrub(self, text: str) -> str:
-        key = self._server.api_key
-        return clip(text.replace(key, "***") if key else text)
+        return clip(redact(text, (self._server.api_key,)))
 
     def _observe(self, endpoint: str, code: str, seconds: float) -> None:
         if self._metrics is None:
