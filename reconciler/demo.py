@@ -28,10 +28,10 @@ import redis.asyncio as aioredis
 
 from reconciler.cli import open_controller
 from reconciler.controller import PassResult
-from reconciler.evolution.simulator import Simulator
 from reconciler.model import DriftKind
 from reconciler.observability import Health, Metrics, configure_logging, http_app
 from reconciler.settings import load_settings
+from reconciler.simulator import Simulator
 
 API_KEY = "demo-global-key"
 CHANNEL = "whatsapp:instance-events"

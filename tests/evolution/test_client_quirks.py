@@ -10,7 +10,6 @@ from evolution_helpers import MakeClient, StartSimulator, eventually
 from structlog.testing import capture_logs
 
 from reconciler.evolution.errors import EvolutionError, NeedsLogout, OperatorError
-from reconciler.evolution.simulator import Simulator, api_logout_object, device_removed_object
 from reconciler.model import (
     Disconnect,
     LiveState,
@@ -19,6 +18,7 @@ from reconciler.model import (
     ServerRead,
     ServerReadError,
 )
+from reconciler.simulator import Simulator, api_logout_object, device_removed_object
 
 PHONE = "5511987650001@s.whatsapp.net"
 NOW = datetime.now(UTC)

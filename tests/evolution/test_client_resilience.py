@@ -10,9 +10,9 @@ import pytest
 from evolution_helpers import MakeClient, StartSimulator, count
 
 from reconciler.evolution.errors import EvolutionError, OperatorError, TransientError
-from reconciler.evolution.simulator import Simulator
 from reconciler.model import ServerInventory, ServerRead, ServerReadError
 from reconciler.observability import Metrics
+from reconciler.simulator import Simulator
 
 FETCH = ("GET", "/instance/fetchInstances")
 

@@ -20,8 +20,8 @@ import redis.asyncio as aioredis
 
 from reconciler.cli import open_controller
 from reconciler.controller import Controller
-from reconciler.evolution.simulator import Simulator
 from reconciler.settings import load_settings
+from reconciler.simulator import Simulator
 from tests.conftest import DbNames
 
 API_KEY = "test-global-key-7f3a9c"

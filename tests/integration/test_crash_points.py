@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 
 from reconciler import failpoints
 from reconciler.controller import LEASE_TTL
-from reconciler.evolution.simulator import device_removed_object
+from reconciler.simulator import device_removed_object
 from tests.integration.conftest import Env, clinic_name, controller_for
 from tests.integration.test_daemon import free_port, wait_for
 

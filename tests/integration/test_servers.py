@@ -13,8 +13,8 @@ from pathlib import Path
 
 from reconciler.cli import open_controller
 from reconciler.controller import Controller
-from reconciler.evolution.simulator import Simulator
 from reconciler.settings import load_settings
+from reconciler.simulator import Simulator
 from tests.conftest import DbNames
 from tests.integration.conftest import API_KEY, Env, EventTap, clinic_name
 
