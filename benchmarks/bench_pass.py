@@ -51,7 +51,7 @@ async def bench(instances: int, metrics_enabled: bool) -> None:
                          "postgresql://postgres@127.0.0.1:5432/test")
     redis_url = os.environ.get("RECONCILER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
     port = free_port()
-    args = [sys.executable, "-m", "reconciler.evolution.simulator", "--port", str(port),
+    args = [sys.executable, "-m", "reconciler.simulator", "--port", str(port),
             "--api-key", KEY, "--seed", str(instances)]
     sim = subprocess.Popen(args + (["--metrics"] if metrics_enabled else []),
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--probe-rps", type=float, default=10.0)
     args = parser.parse_args()
     port = _free_port()
-    command = [sys.executable, "-m", "reconciler.evolution.simulator", "--port", str(port),
+    command = [sys.executable, "-m", "reconciler.simulator", "--port", str(port),
                "--api-key", API_KEY, "--version", args.version, "--seed", str(args.instances)]
     if not args.probes:
         command.append("--metrics")

@@ -60,7 +60,7 @@ import asyncpg
 import httpx
 import redis.asyncio as aioredis
 
-from reconciler.evolution.simulator import ENDPOINTS, device_removed_object
+from reconciler.simulator import ENDPOINTS, device_removed_object
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import soak_sim  # the simulators' process, next to this file

@@ -16,7 +16,7 @@ from typing import Any
 
 from starlette.responses import Response
 
-from reconciler.evolution.simulator import Simulator
+from reconciler.simulator import Simulator
 
 # The simulator methods the orchestrator may call, by name.
 ALLOWED = frozenset({"add", "set_state", "fault", "clear_faults", "pair", "restart_sessions"})

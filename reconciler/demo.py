@@ -25,12 +25,12 @@ import anyio
 import asyncpg
 import redis.asyncio as aioredis
 
-from reconciler.evolution.simulator import Simulator
 from reconciler.loop import run_forever
 from reconciler.model import DriftKind
 from reconciler.observability import configure_logging
 from reconciler.recorder import PassResult
 from reconciler.settings import load_settings
+from reconciler.simulator import Simulator
 from reconciler.wiring import open_controller, serving, stop_on_signals
 
 API_KEY = "demo-global-key"

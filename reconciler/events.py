@@ -10,7 +10,6 @@ import json
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from urllib.parse import unquote, urlsplit
 from uuid import UUID
 
 import redis.asyncio as redis
@@ -21,6 +20,7 @@ from redis.exceptions import RedisError
 from reconciler.failpoints import reached
 from reconciler.model import EventType
 from reconciler.observability import Metrics
+from reconciler.redaction import redact, url_passwords
 from reconciler.store import OutboxEvent, Store, StoreError
 
 SOURCE = "evolution-reconciler"
@@ -73,15 +73,6 @@ def encode_event(payload: Mapping[str, object]) -> str:
     return json.dumps(ordered, ensure_ascii=False)
 
 
-def _passwords(url: str) -> tuple[str, ...]:
-    """Every spelling of the URL's password, so that no error message carries it."""
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        return ()
-    return (password, unquote(password)) if password else ()
-
-
 class EventPublisher:
     """Publishes events on the pub/sub channel and, when configured, the stream."""
 
@@ -94,7 +85,7 @@ class EventPublisher:
     ) -> None:
         self.channel = channel
         self.stream = stream
-        self._secrets = _passwords(redis_url)
+        self._secrets = url_passwords(redis_url)
         self._redis: redis.Redis = redis.Redis.from_url(
             redis_url,
             socket_connect_timeout=5,
@@ -103,10 +94,7 @@ class EventPublisher:
         )
 
     def _error(self, doing: str, exc: BaseException) -> PublishError:
-        text = f"{doing}: {type(exc).__name__}: {exc}"
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return PublishError(text)
+        return PublishError(redact(f"{doing}: {type(exc).__name__}: {exc}", self._secrets))
 
     async def publish(self, payload: dict[str, object]) -> None:
         """PUBLISH and XADD in one MULTI, so the channel and the stream never disagree."""

@@ -23,7 +23,7 @@ import structlog
 
 from reconciler.events import build_event
 from reconciler.evolution.client import EvolutionClient
-from reconciler.evolution.errors import EvolutionError
+from reconciler.evolution.errors import EvolutionError, NeedsLogout
 from reconciler.failpoints import reached
 from reconciler.model import (
     Action,
@@ -229,8 +229,8 @@ class Executor:
             await self._logout(client, action)
         try:
             await self._delete(client, action)
-        except EvolutionError as exc:
-            if not exc.needs_logout or action.logout_first:
+        except NeedsLogout:
+            if action.logout_first:
                 raise
             await self._logout(client, action)
             await self._delete(client, action)

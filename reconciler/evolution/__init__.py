@@ -1,6 +1,6 @@
-"""The Evolution API adapter: a client for v1 and v2 servers, their parsers, and a simulator."""
+"""The Evolution API adapter: a client for v1 and v2 servers and their parsers."""
 
 from reconciler.evolution.client import EvolutionClient
-from reconciler.evolution.errors import EvolutionError
+from reconciler.evolution.errors import EvolutionError, NeedsLogout, OperatorError, TransientError
 
-__all__ = ["EvolutionClient", "EvolutionError"]
+__all__ = ["EvolutionClient", "EvolutionError", "NeedsLogout", "OperatorError", "TransientError"]

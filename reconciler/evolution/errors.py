@@ -15,32 +15,32 @@ MESSAGE_LIMIT = 300
 
 
 class EvolutionError(Exception):
-    """A call to an Evolution server did not do what was asked.
+    """A call to an Evolution server did not do what was asked; callers catch the kinds below
+    by type (as with httpx). `message` never contains the API key; `status` is the HTTP status,
+    if an answer came at all. Raised as itself when neither a person nor a retry is known to help
+    (an unparseable listing, a 500 to a write)."""
 
-    `operator_error`: retrying cannot help, a person must fix something (wrong API key, wrong URL
-    or route, unlicensed server). `transient`: the same call may succeed later (timeout, 5xx).
-    `needs_logout`: the server refuses to delete a connected instance (v1 up to 1.8.3, 2.2.0);
-    log it out first. `message` never contains the API key.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        operator_error: bool = False,
-        transient: bool = False,
-        needs_logout: bool = False,
-    ) -> None:
+    def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
-        self.operator_error = operator_error
-        self.transient = transient
-        self.needs_logout = needs_logout
 
     def __str__(self) -> str:
         return self.message
+
+
+class OperatorError(EvolutionError):
+    """Retrying cannot help: a person must fix something (wrong API key, wrong URL or route,
+    unlicensed server)."""
+
+
+class TransientError(EvolutionError):
+    """The same call may succeed later (timeout, connection trouble, 5xx, 429)."""
+
+
+class NeedsLogout(EvolutionError):
+    """The server refuses to delete a connected instance (v1 up to 1.8.3, 2.2.0): log it out
+    first."""
 
 
 def _flatten(message: object) -> str:

@@ -1,4 +1,4 @@
-"""Live state at scale (SPEC section 3), as pure decisions the client carries out.
+"""Live state at scale (SPEC section 3), as pure decisions that `live.LiveReader` carries out.
 
 A v2 listing reports the database column, which lags the session. The live state comes from the
 server's `/metrics` (`evolution_instance_state`, one request) where it answers, else from

@@ -108,6 +108,11 @@ def path_segment(name: str) -> str:
     return "%2E" * len(segment) if segment in (".", "..") else segment
 
 
+def instance_path(route: str, name: str) -> str:
+    """The path of a route that acts on one instance (`/instance/delete/<name>`)."""
+    return f"/instance/{route}/{path_segment(name)}"
+
+
 def live_state(value: object) -> LiveState:
     """An in-memory state as Evolution reports it; anything else (absent: not loaded) is UNKNOWN."""
     return _STATES.get(value, LiveState.UNKNOWN) if isinstance(value, str) else LiveState.UNKNOWN

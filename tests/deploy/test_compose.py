@@ -91,7 +91,7 @@ def test_urls_point_at_the_services(compose: dict[str, Any]) -> None:
     assert url.port in container_ports(evolution)
     assert f":{url.port}/" in " ".join(evolution["healthcheck"]["test"])
     assert server.api_key == flag(evolution["command"], "--api-key")
-    assert evolution["entrypoint"] == ["python", "-m", "reconciler.evolution.simulator"]
+    assert evolution["entrypoint"] == ["python", "-m", "reconciler.simulator"]
 
 
 def test_metrics_port_matches_the_image(compose: dict[str, Any]) -> None:
@@ -127,10 +127,10 @@ def test_mounted_files_exist(compose: dict[str, Any]) -> None:
 
 
 def test_simulator_accepts_the_compose_flags(compose: dict[str, Any]) -> None:
-    if importlib.util.find_spec("reconciler.evolution.simulator") is None:
-        pytest.skip("reconciler.evolution.simulator is not written yet")
+    if importlib.util.find_spec("reconciler.simulator") is None:
+        pytest.skip("reconciler.simulator is not written yet")
     help_text = subprocess.run(
-        [sys.executable, "-m", "reconciler.evolution.simulator", "--help"],
+        [sys.executable, "-m", "reconciler.simulator", "--help"],
         check=True, capture_output=True, text=True, timeout=60).stdout
     for argument in service(compose, "evolution")["command"]:
         if argument.startswith("--"):

@@ -9,9 +9,9 @@ import pytest
 from evolution_helpers import MakeClient, StartSimulator
 
 from reconciler.evolution.client import EvolutionClient
-from reconciler.evolution.simulator import Simulator
 from reconciler.observability import Metrics
 from reconciler.settings import ServerConfig
+from reconciler.simulator import Simulator
 
 
 @pytest.fixture

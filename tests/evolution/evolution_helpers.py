@@ -10,8 +10,8 @@ from typing import Any
 import anyio
 
 from reconciler.evolution.client import EvolutionClient
-from reconciler.evolution.simulator import Simulator
 from reconciler.observability import Metrics
+from reconciler.simulator import Simulator
 
 FACTS = Path(__file__).resolve().parents[1] / "fixtures" / "evolution-api"
 """A copy of shared/evolution-api's wire facts, so the suite runs from any clone."""

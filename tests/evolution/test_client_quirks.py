@@ -9,8 +9,7 @@ import pytest
 from evolution_helpers import MakeClient, StartSimulator, eventually
 from structlog.testing import capture_logs
 
-from reconciler.evolution.errors import EvolutionError
-from reconciler.evolution.simulator import Simulator, api_logout_object, device_removed_object
+from reconciler.evolution.errors import EvolutionError, NeedsLogout, OperatorError
 from reconciler.model import (
     Disconnect,
     LiveState,
@@ -19,6 +18,7 @@ from reconciler.model import (
     ServerRead,
     ServerReadError,
 )
+from reconciler.simulator import Simulator, api_logout_object, device_removed_object
 
 PHONE = "5511987650001@s.whatsapp.net"
 NOW = datetime.now(UTC)
@@ -165,8 +165,8 @@ async def test_delete_of_an_open_instance_needs_a_logout_first(
     client = make_client(sim)
     with pytest.raises(EvolutionError) as refused:
         await client.delete("orphan")
-    assert refused.value.needs_logout and refused.value.status == 400
-    assert not refused.value.operator_error
+    assert isinstance(refused.value, NeedsLogout) and refused.value.status == 400
+    assert not isinstance(refused.value, OperatorError)
     assert "orphan" in await client.list_names()
     await client.logout("orphan")
     await client.delete("orphan")
@@ -184,7 +184,7 @@ async def test_2_3_7_delete_fails_after_a_failed_logout(
     assert logout.value.status == 500
     with pytest.raises(EvolutionError, match=r"\[object Object\]") as delete:
         await client.delete("zombie")
-    assert delete.value.status == 400 and not delete.value.needs_logout
+    assert delete.value.status == 400 and not isinstance(delete.value, NeedsLogout)
     assert "zombie" in await client.list_names(), "2.3.7 keeps an instance it cannot log out"
     assert sim.requests.count(("DELETE", "/instance/logout/zombie")) == 1, "500 is not retried"
 
@@ -238,7 +238,7 @@ async def test_license_required_is_an_operator_error(
     for call in (client.logout, client.delete):
         with pytest.raises(EvolutionError) as gated:
             await call("a")
-        assert gated.value.operator_error and gated.value.status == 503
+        assert isinstance(gated.value, OperatorError) and gated.value.status == 503
 
 
 async def test_html_error_page_from_a_proxy(sim: Simulator, make_client: MakeClient) -> None:

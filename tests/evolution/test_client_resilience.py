@@ -9,10 +9,10 @@ import httpx
 import pytest
 from evolution_helpers import MakeClient, StartSimulator, count
 
-from reconciler.evolution.errors import EvolutionError
-from reconciler.evolution.simulator import Simulator
+from reconciler.evolution.errors import EvolutionError, OperatorError, TransientError
 from reconciler.model import ServerInventory, ServerRead, ServerReadError
 from reconciler.observability import Metrics
+from reconciler.simulator import Simulator
 
 FETCH = ("GET", "/instance/fetchInstances")
 
@@ -78,7 +78,7 @@ async def test_wrong_url_is_an_operator_error(sim: Simulator, make_client: MakeC
     for call in (client.logout, client.delete):
         with pytest.raises(EvolutionError) as wrong:
             await call("a")  # "Cannot DELETE ..." is a missing route, not a missing instance
-        assert wrong.value.operator_error
+        assert isinstance(wrong.value, OperatorError)
 
 
 async def test_unreachable_server(make_client: MakeClient, metrics: Metrics) -> None:
@@ -91,7 +91,7 @@ async def test_unreachable_server(make_client: MakeClient, metrics: Metrics) -> 
     assert count(metrics, "root", "error") == 2
     with pytest.raises(EvolutionError) as refused:
         await make_client(url=f"http://127.0.0.1:{closed_port}").delete("a")
-    assert refused.value.transient
+    assert isinstance(refused.value, TransientError)
 
 
 async def test_root_failure_fails_the_read(sim: Simulator, make_client: MakeClient) -> None:

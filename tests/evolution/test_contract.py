@@ -22,7 +22,7 @@ import httpx
 import pytest
 from evolution_helpers import PAYLOADS, RECORDED, StartSimulator, load
 
-from reconciler.evolution.simulator import Simulator
+from reconciler.simulator import Simulator
 
 GLOBAL_KEY = "<GLOBAL_API_KEY>"
 ALPHA_TOKEN = "767D4552-C53F-43CE-89FD-F9ADE80D7ED7"

@@ -14,8 +14,8 @@ import pytest
 from evolution_helpers import PAYLOADS, MakeClient, StartSimulator, load
 
 from reconciler.evolution import v1, v2
-from reconciler.evolution.simulator import Simulator
 from reconciler.model import ServerInventory
+from reconciler.simulator import Simulator
 
 
 def test_both_lines_read_the_instance_id_from_the_listing() -> None:

@@ -8,8 +8,8 @@ import anyio
 from evolution_helpers import MakeClient, StartSimulator
 from structlog.testing import capture_logs
 
-from reconciler.evolution.simulator import Simulator
 from reconciler.model import LiveState, ServerInventory, ServerRead
+from reconciler.simulator import Simulator
 
 PROBE = "/instance/connectionState/"
 

@@ -12,8 +12,8 @@ from evolution_helpers import MakeClient, StartSimulator
 
 from reconciler.evolution.client import EvolutionClient
 from reconciler.evolution.errors import EvolutionError
-from reconciler.evolution.simulator import VERSIONS
 from reconciler.model import DeleteResult, LiveState, ServerInventory
+from reconciler.simulator import VERSIONS
 
 PHONE = "5511988887777@s.whatsapp.net"
 ORPHAN = "clinic-4e8ddba1-ad52-4613-9a03-ec64636b3f6c-1763224272772"

@@ -13,8 +13,8 @@ import httpx
 import pytest
 from evolution_helpers import StartSimulator
 
-from reconciler.evolution.simulator import Simulator, seed
 from reconciler.model import Policy
+from reconciler.simulator import Simulator, seed
 
 
 async def call(sim: Simulator, method: str, path: str, key: str | None = "global",
@@ -156,7 +156,7 @@ def test_command_line() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     process = subprocess.Popen(
-        [sys.executable, "-m", "reconciler.evolution.simulator", "--port", str(port),
+        [sys.executable, "-m", "reconciler.simulator", "--port", str(port),
          "--api-key", "cli-key", "--version", "2.3.7", "--metrics", "--seed", "5"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"

@@ -19,8 +19,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from reconciler.controller import Controller
-from reconciler.evolution.simulator import Simulator
 from reconciler.settings import load_settings
+from reconciler.simulator import Simulator
 from reconciler.wiring import open_controller
 from tests.conftest import DbNames
 

@@ -19,8 +19,8 @@ import anyio
 import httpx
 import pytest
 
-from reconciler.evolution.simulator import Simulator, device_removed_object
 from reconciler.model import ActionKind, DriftKind, Outcome
+from reconciler.simulator import Simulator, device_removed_object
 from tests.conftest import DbNames
 from tests.integration.conftest import API_KEY, Env, EventTap, clinic_name, controller_for
 

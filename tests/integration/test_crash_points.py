@@ -24,8 +24,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from reconciler import failpoints
-from reconciler.evolution.simulator import device_removed_object
 from reconciler.leadership import LEASE_TTL
+from reconciler.simulator import device_removed_object
 from tests.integration.conftest import Env, clinic_name, controller_for
 from tests.integration.test_daemon import free_port, wait_for
 

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from reconciler import planner
-from reconciler.evolution.simulator import Simulator
 from reconciler.loop import run_forever
+from reconciler.simulator import Simulator
 from tests.conftest import DbNames
 from tests.integration.conftest import API_KEY, Env, EventTap, clinic_name, controller_for
 

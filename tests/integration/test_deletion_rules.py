@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 import pytest
 
-from reconciler.evolution.simulator import Simulator
+from reconciler.simulator import Simulator
 from tests.conftest import DbNames
 from tests.integration.conftest import API_KEY, Env, EventTap, clinic_name, controller_for
 from tests.integration.test_incident import seed_incident

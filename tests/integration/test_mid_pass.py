@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import anyio
 
-from reconciler.evolution.simulator import Simulator
+from reconciler.simulator import Simulator
 from tests.conftest import DbNames
 from tests.integration.conftest import API_KEY, Env, EventTap, clinic_name, controller_for
 

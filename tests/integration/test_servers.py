@@ -12,8 +12,8 @@ from datetime import timedelta
 from pathlib import Path
 
 from reconciler.controller import Controller
-from reconciler.evolution.simulator import Simulator
 from reconciler.settings import load_settings
+from reconciler.simulator import Simulator
 from reconciler.wiring import open_controller
 from tests.conftest import DbNames
 from tests.integration.conftest import API_KEY, Env, EventTap, clinic_name

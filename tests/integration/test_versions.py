@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from reconciler.evolution.simulator import VERSIONS, Simulator
+from reconciler.simulator import VERSIONS, Simulator
 from tests.conftest import DbNames
 from tests.integration.conftest import API_KEY, Env, EventTap, clinic_name, controller_for
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.evolution.simulator import Simulator
+from reconciler.simulator import Simulator
 from tests.conftest import DbNames
 from tests.integration.conftest import API_KEY, Env
 
