@@ -28,12 +28,6 @@ _BY_CODE: dict[int, tuple[str, bool]] = {
     515: ("restart_required", False),
 }
 
-TERMINAL_REASONS = frozenset(
-    {reason for reason, terminal in _BY_CODE.values() if terminal}
-    | {"device_removed", INSTANCE_MISSING}
-)
-
-
 def parse_disconnect_object(raw: object) -> dict[str, Any] | None:
     """Decode `disconnectionObject`: a JSON string in v2, sometimes already an object.
 
@@ -76,7 +70,3 @@ def classify(code: int | None, obj: dict[str, Any] | None = None) -> Disconnect:
         return Disconnect(reason="device_removed", terminal=True, code=code)
     reason, terminal = _BY_CODE.get(code, (f"unknown_{code}", False))
     return Disconnect(reason=reason, terminal=terminal, code=code)
-
-
-def is_terminal(reason: str | None) -> bool:
-    return reason in TERMINAL_REASONS

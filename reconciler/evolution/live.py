@@ -17,12 +17,12 @@ from reconciler.evolution.errors import EvolutionError
 from reconciler.evolution.liveness import (
     Bucket,
     Probe,
-    carried,
     choose_probes,
     fingerprint,
     parse_connection_state,
     parse_metrics,
     refill,
+    state_from_last_probe,
 )
 from reconciler.evolution.transport import Transport
 from reconciler.evolution.wire import instance_path, version_tuple
@@ -138,7 +138,7 @@ class LiveReader:
         self._probes = probes
         self._previous = frozenset(prints)
         self._warn_if_overdue(want.intersection(prints), now)
-        return {name: carried(probes.get(name), fp, now, self._probe_interval)
+        return {name: state_from_last_probe(probes.get(name), fp, now, self._probe_interval)
                 for name, fp in prints.items()}
 
     def _warn_if_overdue(self, wanted: Set[str], now: float) -> None:

@@ -105,8 +105,10 @@ def choose_probes(
     return [name for _, _, name in ranked[: max(0, budget)]]
 
 
-def carried(probe: Probe | None, fp: Fingerprint, now: float, interval: float) -> LiveState:
-    """The live state to report for an instance from its last probe."""
+def state_from_last_probe(probe: Probe | None, fp: Fingerprint, now: float,
+                          interval: float) -> LiveState:
+    """The live state to report for an instance from its last probe: UNKNOWN once the probe is
+    older than the interval or the listing changed since (its fingerprint)."""
     if probe is None or probe.fingerprint != fp or now - probe.at >= interval:
         return LiveState.UNKNOWN
     return probe.state

@@ -72,7 +72,7 @@ def track_connections(
                 tracked[key] = replace(
                     entry,
                     not_connected_since=entry.not_connected_since or view.now,
-                    not_connected_reason=_why(inst).reason,
+                    not_connected_reason=disconnect_of(inst).reason,
                     last_live=inst.live,
                 )
     return tracked
@@ -94,7 +94,7 @@ def decide_statuses(view: PassView) -> StatusDecision:
             connected[inst.server] += 1
             if verdict(inst.live) is not False:
                 continue
-            why = _why(inst)
+            why = disconnect_of(inst)
             if why.terminal:
                 actions.append(_mark_disconnected(view, row, inst, why))
                 continue
@@ -124,7 +124,8 @@ def decide_statuses(view: PassView) -> StatusDecision:
     )
 
 
-def _why(inst: ObservedInstance) -> Disconnect:
+def disconnect_of(inst: ObservedInstance) -> Disconnect:
+    """The recorded reason, else the plain non-terminal close of an instance not live."""
     return inst.disconnect or classify(None)
 
 

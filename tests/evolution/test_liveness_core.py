@@ -6,9 +6,9 @@ from reconciler.evolution.liveness import (
     Bucket,
     Fingerprint,
     Probe,
-    carried,
     choose_probes,
     refill,
+    state_from_last_probe,
 )
 from reconciler.model import LiveState
 
@@ -73,12 +73,13 @@ def test_budget_spreads_a_large_inventory_over_passes() -> None:
     assert choose_probes(listing, set(listing), probes, set(listing), now, INTERVAL, 25) == []
 
 
-def test_carried_state() -> None:
+def test_state_from_last_probe() -> None:
     probe = Probe(1000.0, LiveState.CONNECTING, OPEN)
-    assert carried(probe, OPEN, 1100.0, INTERVAL) == LiveState.CONNECTING
-    assert carried(probe, CLOSED, 1100.0, INTERVAL) == LiveState.UNKNOWN, "row changed since"
-    assert carried(probe, OPEN, 1300.0, INTERVAL) == LiveState.UNKNOWN, "too old"
-    assert carried(None, OPEN, 1100.0, INTERVAL) == LiveState.UNKNOWN
+    assert state_from_last_probe(probe, OPEN, 1100.0, INTERVAL) == LiveState.CONNECTING
+    assert state_from_last_probe(probe, CLOSED, 1100.0, INTERVAL) == LiveState.UNKNOWN, (
+        "row changed since")
+    assert state_from_last_probe(probe, OPEN, 1300.0, INTERVAL) == LiveState.UNKNOWN, "too old"
+    assert state_from_last_probe(None, OPEN, 1100.0, INTERVAL) == LiveState.UNKNOWN
 
 
 def test_bucket_refills_at_the_rate_up_to_its_capacity() -> None:
