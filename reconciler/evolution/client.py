@@ -22,7 +22,8 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from reconciler.evolution import v1, v2
+import reconciler.evolution.v1 as v1
+import reconciler.evolution.v2 as v2
 from reconciler.evolution.errors import (
     EvolutionError,
     NeedsLogout,
