@@ -39,7 +39,7 @@ async def open_store(settings: Settings, *, require_table: bool = True) -> Async
         await store.migrate()
         if require_table:
             try:
-                await store.check_integrations_table()
+                await store.desired.check_table()
             except IntegrationsTableMissing as exc:
                 raise UsageError(f"RECONCILER_INTEGRATIONS_TABLE: {exc}") from exc
         yield store
@@ -130,7 +130,7 @@ async def cmd_migrate(settings: Settings) -> int:
 
 async def cmd_install_trigger(settings: Settings) -> int:
     async with open_store(settings) as store:
-        await store.install_trigger()
+        await store.desired.install_trigger()
     print(f"deletion trigger installed on {settings.integrations_table}")
     return EXIT_OK
 

@@ -146,11 +146,11 @@ class Controller:
         for server in self.clients:
             token = self.leases.get(server)
             try:
-                if token is not None and await self.store.renew_lease(token, LEASE_TTL):
+                if token is not None and await self.store.leases.renew(token, LEASE_TTL):
                     continue
                 self.leases.pop(server, None)
-                new = await self.store.acquire_lease(server, self.holder, LEASE_TTL,
-                                                     take_over=take_over)
+                new = await self.store.leases.acquire(server, self.holder, LEASE_TTL,
+                                                      take_over=take_over)
             except StoreError as exc:
                 log.warning("lease refresh failed", server=server, error=str(exc))
                 self.leases.pop(server, None)
@@ -191,7 +191,7 @@ class Controller:
     async def release_leases(self) -> None:
         for token in list(self.leases.values()):
             try:
-                await self.store.release_lease(token)
+                await self.store.leases.release(token)
             except StoreError as exc:
                 log.warning("lease release failed", server=token.server, error=str(exc))
             self.metrics.leader.labels(server=token.server).set(0)
@@ -229,8 +229,8 @@ class Controller:
         for server in led:
             self.metrics.last_attempt_timestamp_seconds.labels(server=server).set(time.time())
         try:
-            result.desired = await self.store.read_desired()
-            memory = await self.store.load_memory()
+            result.desired = await self.store.desired.read()
+            memory = await self.store.memory.load()
         except StoreError as exc:
             result.errors.extend((s, "read_desired", str(exc)) for s in led)
             return self._finish(result, started)
@@ -262,19 +262,19 @@ class Controller:
         if not record:
             return self._finish(result, started)
 
-        executor = Executor(self.store, self.clients, self.metrics, policy.mode, tokens,
-                            global_server=first, grace=self.grace,
+        executor = Executor(self.store.desired, self.store.decisions, self.clients, self.metrics,
+                            policy.mode, tokens, global_server=first, grace=self.grace,
                             verify_timeout=self.verify_timeout)
         try:
             await executor.execute(result.plan, now, result.report)
             new_memory = planner.record_outcomes(result.plan.memory,
                                                  result.report.delete_results, now)
             await reached("memory.save.before")
-            await self.store.save_memory(new_memory, servers=led, leases=tokens)
+            await self.store.memory.save(new_memory, servers=led, leases=tokens)
             await reached("memory.save.after")
             done = set(memory.tombstones) - set(new_memory.tombstones)
             if done:
-                await self.store.drop_tombstones(done, leases=tokens.values())
+                await self.store.memory.retire_tombstones(done, leases=tokens.values())
         except StoreError as exc:
             result.errors.extend((s, "apply", str(exc)) for s in led)
             log.error("applying the plan failed", error=str(exc))
@@ -287,8 +287,8 @@ class Controller:
     async def publish_outbox(self, result: PassResult | None = None) -> None:
         try:
             await reached("publish.before")
-            await relay_outbox(self.store, self.publisher, self.metrics)
-            await self.store.prune_outbox()
+            await relay_outbox(self.store.outbox, self.publisher, self.metrics)
+            await self.store.outbox.prune()
         except Exception as exc:  # Redis or the database: the outbox keeps the events
             log.warning("publishing events failed; they stay in the outbox", error=str(exc))
             if result is not None:
@@ -395,7 +395,7 @@ class Controller:
             nonlocal wake
             while True:
                 try:
-                    async with self.store.listen_tombstones() as names:
+                    async with self.store.memory.listen_tombstones() as names:
                         async for name in names:
                             log.info("integration deleted; reconciling now", instance=name)
                             wake.set()

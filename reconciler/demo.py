@@ -215,7 +215,7 @@ async def _converge(settings: Any, sim: Simulator, inc: Incident, dsn: str, redi
     deadline = None if timeout is None else time.monotonic() + timeout
     async with open_controller(settings, metrics=metrics, health=health) as controller, \
             anyio.create_task_group() as tg:
-        await controller.store.install_trigger()
+        await controller.store.desired.install_trigger()
         tg.start_soon(server.serve)
         tg.start_soon(_watch_events, redis_url, on_event)
         controller.on_pass = PassPrinter()

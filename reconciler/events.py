@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 from reconciler.failpoints import reached
 from reconciler.model import EventType
 from reconciler.observability import Metrics
-from reconciler.store import OutboxEvent, Store, StoreError
+from reconciler.store import Outbox, OutboxEvent, StoreError
 
 SOURCE = "evolution-reconciler"
 EVENT_FIELDS = (
@@ -132,7 +132,7 @@ class EventPublisher:
 
 
 async def relay_outbox(
-    store: Store, publisher: EventPublisher, metrics: Metrics | None = None
+    outbox: Outbox, publisher: EventPublisher, metrics: Metrics | None = None
 ) -> int:
     """Publish pending events oldest first, marking those Redis took as published.
 
@@ -143,7 +143,7 @@ async def relay_outbox(
     """
     published = 0
     try:
-        while batch := await store.pending_events():
+        while batch := await outbox.pending():
             accepted: list[OutboxEvent] = []
             try:
                 for event in batch:
@@ -152,7 +152,7 @@ async def relay_outbox(
                 await reached("publish.after")
             finally:
                 if accepted:
-                    await store.mark_published([e.id for e in accepted])
+                    await outbox.mark_published([e.id for e in accepted])
                     published += len(accepted)
                     if metrics is not None:
                         for e in accepted:
@@ -160,13 +160,13 @@ async def relay_outbox(
                                 type=str(e.payload.get("type"))).inc()
     finally:
         if metrics is not None:
-            await _refresh_pending(store, metrics)
+            await _refresh_pending(outbox, metrics)
     return published
 
 
-async def _refresh_pending(store: Store, metrics: Metrics) -> None:
+async def _refresh_pending(outbox: Outbox, metrics: Metrics) -> None:
     """Best effort: a database failure here must not hide the error that ended the relay."""
     try:
-        metrics.outbox_pending.set(await store.outbox_pending())
+        metrics.outbox_pending.set(await outbox.count_pending())
     except StoreError:
         return
