@@ -33,9 +33,11 @@ class Store:
         cls,
         dsn: str,
         *,
-        integrations_table: str = "healthcare.integrations",
-        schema: str = "reconciler",
+        integrations_table: str,
+        schema: str,
     ) -> Store:
+        """Validate the names (ValueError, before connecting), then open the one pool; the
+        defaults of both names live in settings."""
         db = await Database.connect(dsn, SqlNames.parse(integrations_table, schema))
         return cls(desired=DesiredTable(db), memory=MemoryTables(db),
                    decisions=DecisionTables(db), outbox=OutboxTable(db), leases=LeaseTable(db),

@@ -113,7 +113,8 @@ async def test_incomplete_integrations_table_is_refused(database_url: str,
 
 async def test_unreachable_database_is_a_store_error_without_the_password() -> None:
     with pytest.raises(StoreError) as caught:
-        await Store.connect("postgresql://app:s3cr3t-pw@127.0.0.1:1/db")
+        await Store.connect("postgresql://app:s3cr3t-pw@127.0.0.1:1/db",
+                            integrations_table="healthcare.integrations", schema="reconciler")
     assert "s3cr3t-pw" not in str(caught.value)
     assert "connecting to the database" in str(caught.value)
 
