@@ -13,7 +13,7 @@ from reconciler.names import instance_key
 from reconciler.store.db import Database
 from reconciler.store.errors import IntegrationsTableMissing
 from reconciler.store.rows import DESIRED_COLUMNS, InvalidRow, LeaseToken, desired_from_row
-from reconciler.store.schema import TRIGGER, TRIGGER_FUNCTION, migrate, render
+from reconciler.store.schema import TRIGGER, TRIGGER_FUNCTION, apply_migrations, render
 
 log = structlog.get_logger(__name__)
 
@@ -114,7 +114,7 @@ class DesiredTable:
 
     async def install_trigger(self) -> None:
         """Add the deletion trigger of SPEC 4.2 (and the own schema it writes to)."""
-        await migrate(self._db)
+        await apply_migrations(self._db)
         async with self._db.transaction("installing the deletion trigger", table=True) as conn:
             await conn.execute(render(TRIGGER_FUNCTION, self._names))
             await conn.execute(render(TRIGGER, self._names))

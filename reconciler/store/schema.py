@@ -163,7 +163,7 @@ def render(template: str, names: SqlNames) -> str:
     )
 
 
-async def migrate(db: Database) -> None:
+async def apply_migrations(db: Database) -> None:
     """Apply the migrations not yet applied, one process at a time (an advisory lock)."""
     names = db.names
     async with db.transaction("migrating the own schema") as conn:

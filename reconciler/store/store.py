@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from reconciler.store import schema
 from reconciler.store.db import Database
 from reconciler.store.decisions import DecisionTables, OutboxTable
 from reconciler.store.desired import DesiredTable
@@ -15,6 +14,7 @@ from reconciler.store.leases import LeaseTable
 from reconciler.store.memory import MemoryTables
 from reconciler.store.names import SqlNames
 from reconciler.store.ports import DecisionLog, DesiredSource, LeaseStore, MemoryStore, Outbox
+from reconciler.store.schema import apply_migrations
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Store:
 
     async def migrate(self) -> None:
         """Create or upgrade the own schema (idempotent, only inside that schema)."""
-        await schema.migrate(self._db)
+        await apply_migrations(self._db)
 
     async def close(self) -> None:
         await self._db.close()
