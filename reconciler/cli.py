@@ -70,7 +70,7 @@ async def cmd_migrate(settings: Settings) -> int:
 
 async def cmd_install_trigger(settings: Settings) -> int:
     async with open_store(settings) as store:
-        await store.install_trigger()
+        await store.desired.install_trigger()
     print(f"deletion trigger installed on {settings.integrations_table}")
     return EXIT_OK
 

@@ -106,8 +106,8 @@ class Controller:
 
     async def _read_desired(self, result: PassResult) -> tuple[DesiredState, Memory] | None:
         try:
-            result.desired = await self.store.read_desired()
-            return result.desired, await self.store.load_memory()
+            result.desired = await self.store.desired.read()
+            return result.desired, await self.store.memory.load()
         except StoreError as exc:
             result.fail(result.servers, Stage.READ_DESIRED, str(exc))
             return None
@@ -142,7 +142,7 @@ class Controller:
     async def _apply(self, result: PassResult, mode: Mode,
                      tokens: Mapping[str, LeaseToken]) -> None:
         assert result.plan is not None
-        executor = Executor(self.store, self.clients, mode, tokens,
+        executor = Executor(self.store.desired, self.store.decisions, self.clients, mode, tokens,
                             fleet_server=self.fleet_server, grace=self.grace,
                             verify_timeout=self.verify_timeout)
         try:
@@ -159,17 +159,17 @@ class Controller:
         remembered = planner.record_outcomes(result.plan.memory, result.report.delete_results,
                                              result.started_at)
         await reached("memory.save.before")
-        await self.store.save_memory(remembered, servers=result.servers, leases=tokens)
+        await self.store.memory.save(remembered, servers=result.servers, leases=tokens)
         await reached("memory.save.after")
         retired = set(memory.tombstones) - set(remembered.tombstones)
         if retired:
-            await self.store.drop_tombstones(retired, leases=tokens.values())
+            await self.store.memory.retire_tombstones(retired, leases=tokens.values())
 
     async def publish_outbox(self, result: PassResult | None = None) -> None:
         try:
             await reached("publish.before")
-            await relay_outbox(self.store, self.publisher, self.recorder.metrics)
-            await self.store.prune_outbox()
+            await relay_outbox(self.store.outbox, self.publisher, self.recorder.metrics)
+            await self.store.outbox.prune()
         except Exception as exc:  # Redis or the database: the outbox keeps the events
             log.warning("publishing events failed; they stay in the outbox", error=str(exc))
             if result is not None:

@@ -210,7 +210,7 @@ async def _converge(settings: Any, sim: Simulator, inc: Incident, dsn: str, redi
     stop, interrupted = anyio.Event(), anyio.Event()
     async with open_controller(settings) as controller, \
             serving(controller, "127.0.0.1", port), anyio.create_task_group() as tg:
-        await controller.store.install_trigger()
+        await controller.store.desired.install_trigger()
         tg.start_soon(_watch_events, redis_url, on_event)
         controller.recorder.on_pass = PassPrinter()
         tg.start_soon(run_forever, controller, stop)

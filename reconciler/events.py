@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from dataclasses import fields
+from datetime import datetime
 from uuid import UUID
 
 import redis.asyncio as redis
@@ -18,22 +19,12 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from reconciler.failpoints import reached
-from reconciler.model import EventType
+from reconciler.model import Event, EventType
 from reconciler.observability import Metrics
 from reconciler.redaction import redact, url_passwords
-from reconciler.store import OutboxEvent, Store, StoreError
+from reconciler.store import Outbox, OutboxEvent, StoreError
 
-SOURCE = "evolution-reconciler"
-EVENT_FIELDS = (
-    "event_id",
-    "type",
-    "instance_name",
-    "organization_id",
-    "server",
-    "reason",
-    "occurred_at",
-    "source",
-)
+EVENT_FIELDS = tuple(f.name for f in fields(Event))
 """The fields of an event, in the order consumers see them."""
 STREAM_MAXLEN = 100_000
 
@@ -51,19 +42,10 @@ def build_event(
     reason: str,
     occurred_at: datetime,
     event_id: UUID | None = None,
-) -> dict[str, object]:
-    if occurred_at.tzinfo is None:
-        raise ValueError("occurred_at must be timezone-aware")
-    return {
-        "event_id": str(event_id or uuid.uuid4()),
-        "type": event_type.value,
-        "instance_name": instance_name,
-        "organization_id": None if organization_id is None else str(organization_id),
-        "server": server,
-        "reason": reason,
-        "occurred_at": occurred_at.astimezone(UTC).isoformat(),
-        "source": SOURCE,
-    }
+) -> Event:
+    """A new event, under a new id unless the decision already has one (SPEC 5)."""
+    return Event(event_id or uuid.uuid4(), event_type, instance_name, organization_id, server,
+                 reason, occurred_at)
 
 
 def encode_event(payload: Mapping[str, object]) -> str:
@@ -120,7 +102,7 @@ class EventPublisher:
 
 
 async def relay_outbox(
-    store: Store, publisher: EventPublisher, metrics: Metrics | None = None
+    outbox: Outbox, publisher: EventPublisher, metrics: Metrics | None = None
 ) -> int:
     """Publish pending events oldest first, marking those Redis took as published.
 
@@ -131,7 +113,7 @@ async def relay_outbox(
     """
     published = 0
     try:
-        while batch := await store.pending_events():
+        while batch := await outbox.pending():
             accepted: list[OutboxEvent] = []
             try:
                 for event in batch:
@@ -140,7 +122,7 @@ async def relay_outbox(
                 await reached("publish.after")
             finally:
                 if accepted:
-                    await store.mark_published([e.id for e in accepted])
+                    await outbox.mark_published([e.id for e in accepted])
                     published += len(accepted)
                     if metrics is not None:
                         for e in accepted:
@@ -148,13 +130,13 @@ async def relay_outbox(
                                 type=str(e.payload.get("type"))).inc()
     finally:
         if metrics is not None:
-            await _refresh_pending(store, metrics)
+            await _refresh_pending(outbox, metrics)
     return published
 
 
-async def _refresh_pending(store: Store, metrics: Metrics) -> None:
+async def _refresh_pending(outbox: Outbox, metrics: Metrics) -> None:
     """Best effort: a database failure here must not hide the error that ended the relay."""
     try:
-        metrics.outbox_pending.set(await store.outbox_pending())
+        metrics.outbox_pending.set(await outbox.count_pending())
     except StoreError:
         return

@@ -29,6 +29,7 @@ from reconciler.model import (
     Action,
     Delete,
     DeleteResult,
+    Event,
     Flag,
     Guard,
     InstanceMemory,
@@ -39,7 +40,7 @@ from reconciler.model import (
 )
 from reconciler.planner.outcomes import after_attempt, intent_to_delete
 from reconciler.shutdown import Grace
-from reconciler.store import LeaseToken, Store
+from reconciler.store import DecisionLog, DesiredSource, LeaseToken
 
 log = structlog.get_logger()
 
@@ -61,7 +62,8 @@ class ExecutionReport:
 
 @dataclass(frozen=True)
 class Executor:
-    store: Store
+    desired: DesiredSource
+    decisions: DecisionLog
     clients: Mapping[str, EvolutionClient]
     mode: Mode
     leases: Mapping[str, LeaseToken]
@@ -77,7 +79,7 @@ class Executor:
         lease ends the pass midway."""
         deletes: dict[str, list[Delete]] = {}
         audited = [(a, o) for a in plan.actions if (o := self._audit_only(a)) is not None]
-        await self.store.record_many([(a, o, self._lease(a.server)) for a, o in audited])
+        await self.decisions.record_many([(a, o, self._lease(a.server)) for a, o in audited])
         for action, outcome in audited:
             self._report(report, action, outcome, None)
         for action in plan.actions:
@@ -102,9 +104,7 @@ class Executor:
     def _lease(self, server: str) -> LeaseToken:
         return self.leases[server or self.fleet_server]
 
-    def _event(self, action: Action, now: datetime) -> dict[str, object] | None:
-        if action.event is None:
-            return None
+    def _event(self, action: Action, now: datetime) -> Event:
         return build_event(
             action.event,
             instance_name=action.instance_name,
@@ -131,16 +131,15 @@ class Executor:
 
     async def _flag(self, report: ExecutionReport, action: Flag, now: datetime) -> None:
         event = self._event(action, now)
-        assert event is not None, "a flag publishes instance.duplicate"
         await reached("flag.before")
-        if await self.store.record_flag(action, event, lease=self._lease(action.server)):
+        if await self.decisions.record_flag(action, event, lease=self._lease(action.server)):
             self._report(report, action, Outcome.OK, None)
         await reached("flag.after")
 
     async def _update_status(self, report: ExecutionReport, action: StatusChange,
                              now: datetime) -> None:
         await reached("mark.before")
-        changed = await self.store.update_status(
+        changed = await self.decisions.update_status(
             action, event=self._event(action, now), lease=self._lease(action.server)
         )
         await reached("mark.after")
@@ -166,9 +165,9 @@ class Executor:
         for action in actions:
             if action.already_gone:
                 continue
-            if await self.store.row_names_instance(action.instance_name, lease=lease):
+            if await self.desired.row_names_instance(action.instance_name, lease=lease):
                 blocked = replace(action, blocked_by=Guard.RECHECK)
-                await self.store.record(blocked, Outcome.BLOCKED, lease=lease)
+                await self.decisions.record(blocked, Outcome.BLOCKED, lease=lease)
                 self._report(report, blocked, Outcome.BLOCKED, None)
                 continue
             action = replace(action, event_id=action.event_id or uuid.uuid4())
@@ -176,7 +175,7 @@ class Executor:
             known = plan.memory.instances.get((server, action.instance_name))
             intent = intent_to_delete(known, action, action.event_id, now)
             await reached("delete.intent.before")
-            await self.store.begin_delete(intent, lease=lease)
+            await self.decisions.begin_delete(intent, lease=lease)
             await reached("delete.intent.after")
             with self.grace.shielded() as section:
                 try:
@@ -191,7 +190,7 @@ class Executor:
         if not requested:
             return
         await reached("delete.verify.before")
-        await self.store.check_lease(lease)
+        await self.decisions.check_lease(lease)
         still_listed = await self._wait_until_absent(
             client, {a.instance_name for a, _ in requested})
         for action, intent in requested:
@@ -203,9 +202,8 @@ class Executor:
 
     async def _confirm(self, report: ExecutionReport, action: Delete, now: datetime) -> None:
         event = self._event(action, now)
-        assert event is not None, "a delete publishes instance.removed"
         await reached("delete.confirm.before")
-        if await self.store.confirm_removal(action, event, lease=self._lease(action.server)):
+        if await self.decisions.confirm_removal(action, event, lease=self._lease(action.server)):
             self._report(report, action, Outcome.OK, None)
         else:
             log.info("removal already confirmed", server=action.server,
@@ -217,7 +215,7 @@ class Executor:
                       result: DeleteResult, error: str, now: datetime) -> None:
         entry = after_attempt(intent, action, result, now)
         assert entry is not None, "only a verified removal is forgotten"
-        await self.store.record_delete_failure(action, entry, error,
+        await self.decisions.record_delete_failure(action, entry, error,
                                                lease=self._lease(action.server))
         self._report(report, action, Outcome.FAILED, error)
         report.delete_results.append((action, result))
@@ -237,13 +235,13 @@ class Executor:
 
     async def _logout(self, client: EvolutionClient, action: Delete) -> None:
         await reached("delete.logout.before")
-        await self.store.check_lease(self._lease(action.server))
+        await self.decisions.check_lease(self._lease(action.server))
         await client.logout(action.instance_name)
         await reached("delete.logout.after")
 
     async def _delete(self, client: EvolutionClient, action: Delete) -> None:
         await reached("delete.call.before")
-        await self.store.check_lease(self._lease(action.server))
+        await self.decisions.check_lease(self._lease(action.server))
         await client.delete(action.instance_name)
         await reached("delete.call.after")
 

@@ -14,7 +14,7 @@ import anyio
 import structlog
 
 from reconciler.observability import Metrics
-from reconciler.store import LeaseToken, Store, StoreError
+from reconciler.store import LeaseStore, LeaseToken, StoreError
 
 log = structlog.get_logger()
 
@@ -23,9 +23,9 @@ LEASE_RENEW_EVERY = 5.0
 
 
 class Leadership:
-    def __init__(self, store: Store, servers: Iterable[str], metrics: Metrics,
+    def __init__(self, leases: LeaseStore, servers: Iterable[str], metrics: Metrics,
                  holder: str | None = None) -> None:
-        self.store = store
+        self.leases = leases
         self.servers = tuple(servers)
         self.metrics = metrics
         self.holder = holder or f"reconciler-{uuid.uuid4().hex[:12]}"
@@ -44,11 +44,11 @@ class Leadership:
         for server in self.servers:
             token = self.held.get(server)
             try:
-                if token is not None and await self.store.renew_lease(token, LEASE_TTL):
+                if token is not None and await self.leases.renew(token, LEASE_TTL):
                     continue
                 self.held.pop(server, None)
-                new = await self.store.acquire_lease(server, self.holder, LEASE_TTL,
-                                                     take_over=take_over)
+                new = await self.leases.acquire(server, self.holder, LEASE_TTL,
+                                                      take_over=take_over)
             except StoreError as exc:
                 log.warning("lease refresh failed", server=server, error=str(exc))
                 self.held.pop(server, None)
@@ -87,7 +87,7 @@ class Leadership:
     async def release(self) -> None:
         for token in list(self.held.values()):
             try:
-                await self.store.release_lease(token)
+                await self.leases.release(token)
             except StoreError as exc:
                 log.warning("lease release failed", server=token.server, error=str(exc))
             self.metrics.leader.labels(server=token.server).set(0)

@@ -39,7 +39,7 @@ async def run_forever(controller: Controller, stop: anyio.Event) -> None:
     async def tombstones() -> None:
         while True:
             try:
-                async with controller.store.listen_tombstones() as names:
+                async with controller.store.memory.listen_tombstones() as names:
                     async for name in names:
                         log.info("integration deleted; reconciling now", instance=name)
                         wake.set()

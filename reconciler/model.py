@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import ClassVar
 from uuid import UUID
@@ -112,6 +112,41 @@ class RowStatus(StrEnum):
     PENDING = "pending"
     CONNECTED = "connected"
     DISCONNECTED = "disconnected"
+
+
+EVENT_SOURCE = "evolution-reconciler"
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event of SPEC 5, its fields in the order consumers see them."""
+
+    event_id: UUID
+    type: EventType
+    instance_name: str
+    organization_id: UUID | None
+    server: str
+    """The server that lists the instance; "" (`FLEET`) for `instance.missing`."""
+    reason: str
+    occurred_at: datetime
+    source: str = EVENT_SOURCE
+
+    def __post_init__(self) -> None:
+        if self.occurred_at.tzinfo is None:
+            raise ValueError("occurred_at must be timezone-aware")
+
+    def payload(self) -> dict[str, object]:
+        """The JSON object consumers receive: ids and the time as strings, the time in UTC."""
+        return {
+            "event_id": str(self.event_id),
+            "type": self.type.value,
+            "instance_name": self.instance_name,
+            "organization_id": None if self.organization_id is None else str(self.organization_id),
+            "server": self.server,
+            "reason": self.reason,
+            "occurred_at": self.occurred_at.astimezone(UTC).isoformat(),
+            "source": self.source,
+        }
 
 
 # --- desired state ---------------------------------------------------------------------------

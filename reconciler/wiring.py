@@ -40,7 +40,7 @@ async def open_store(settings: Settings, *, require_table: bool = True) -> Async
         await store.migrate()
         if require_table:
             try:
-                await store.check_integrations_table()
+                await store.desired.check_table()
             except IntegrationsTableMissing as exc:
                 raise UsageError(f"RECONCILER_INTEGRATIONS_TABLE: {exc}") from exc
         yield store
@@ -68,7 +68,7 @@ async def open_controller(settings: Settings, *, metrics: Metrics | None = None,
                                    stream=settings.events_stream)
         stack.push_async_callback(publisher.aclose)
         yield Controller(settings, store, clients, publisher,
-                         Leadership(store, names, metrics),
+                         Leadership(store.leases, names, metrics),
                          PassRecorder(metrics, health, settings.policy()))
 
 

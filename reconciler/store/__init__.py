@@ -1,13 +1,19 @@
-"""The PostgreSQL adapter: desired state, the daemon's own schema, fenced writes, the outbox."""
+"""The PostgreSQL adapter, cut by role: desired state, memory, decisions and outbox, leases."""
 
 from reconciler.store.errors import IntegrationsTableMissing, LeaseLost, StoreError
+from reconciler.store.ports import DecisionLog, DesiredSource, LeaseStore, MemoryStore, Outbox
 from reconciler.store.rows import LeaseToken, OutboxEvent
 from reconciler.store.store import Store
 
 __all__ = [
+    "DecisionLog",
+    "DesiredSource",
     "IntegrationsTableMissing",
     "LeaseLost",
+    "LeaseStore",
     "LeaseToken",
+    "MemoryStore",
+    "Outbox",
     "OutboxEvent",
     "Store",
     "StoreError",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 from uuid import UUID
@@ -142,10 +141,6 @@ def status_change(action: StatusChange) -> tuple[str, str | None]:
     if action.kind is ActionKind.MARK_CONNECTED:
         return RowStatus.CONNECTED.value, None
     raise ValueError(f"{action.kind.value} does not update an integration row")
-
-
-def event_id_of(event: Mapping[str, object]) -> UUID:
-    return UUID(str(event["event_id"]))
 
 
 OBSERVATION_COLUMNS = (

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import structlog
+
 from reconciler.model import MAX_INSTANCE_NAME
+from reconciler.store.db import Database
 from reconciler.store.names import SqlNames
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -156,3 +161,27 @@ def render(template: str, names: SqlNames) -> str:
         .replace("{channel}", f"'{names.tombstone_channel}'")
         .replace("{max_name}", str(MAX_INSTANCE_NAME))
     )
+
+
+async def apply_migrations(db: Database) -> None:
+    """Apply the migrations not yet applied, one process at a time (an advisory lock)."""
+    names = db.names
+    async with db.transaction("migrating the own schema") as conn:
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtext($1))",
+            f"evolution-reconciler:migrate:{names.schema}",
+        )
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {names.own}")
+        await conn.execute(render(VERSION_TABLE, names))
+        applied = {r["version"] for r in await conn.fetch(
+            f"SELECT version FROM {names.own}.schema_version")}
+        for migration in MIGRATIONS:
+            if migration.version in applied:
+                continue
+            await conn.execute(render(migration.sql, names))
+            await conn.execute(
+                f"INSERT INTO {names.own}.schema_version (version, description) VALUES ($1, $2)",
+                migration.version, migration.description,
+            )
+            log.info("schema_migrated", schema=names.schema,
+                     version=migration.version, description=migration.description)

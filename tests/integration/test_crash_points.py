@@ -160,7 +160,7 @@ async def taken_over_at(env: Env, step: str) -> AsyncIterator[dict[str, Any]]:
             seen["audit_id"] = await env.fetchval(
                 f'SELECT coalesce(max(id), 0) FROM "{env.names.schema}".audit_log')
             seen["requests"] = len(env.sim.requests)
-            new = await stale.store.acquire_lease("default", "operator", LEASE_TTL,
+            new = await stale.store.leases.acquire("default", "operator", LEASE_TTL,
                                                   take_over=True)
             assert new is not None and new.epoch > token.epoch
             seen["taken"] = new

@@ -102,7 +102,7 @@ async def test_split_leadership_acts_per_server_and_judges_across_all(
         replicas: list[Controller] = []
         for server in ("br-1", "br-2"):
             controller = await stack.enter_async_context(open_controller(settings))
-            token = await controller.store.acquire_lease(server, controller.leadership.holder)
+            token = await controller.store.leases.acquire(server, controller.leadership.holder)
             assert token is not None
             controller.leadership.held[server] = token
             replicas.append(controller)

@@ -19,7 +19,7 @@ async def test_valid_disabled_and_duplicate_rows_are_desired(store: Store, app: 
     dup1 = await app.insert(instance_name="clinic-dup")
     dup2 = await app.insert(instance_name="clinic-dup")
 
-    desired = await store.read_desired()
+    desired = await store.desired.read()
 
     assert desired.invalid_rows == 0
     by_id = {d.id: d for d in desired.instances}
@@ -36,7 +36,7 @@ async def test_rows_of_other_types_and_providers_are_ignored(store: Store, app: 
     await app.insert(instance_name="clinic-meta", provider="meta_cloud")
     await app.insert(config="just a string", type="sms")
 
-    desired = await store.read_desired()
+    desired = await store.desired.read()
 
     assert desired.instances == ()
     assert desired.invalid_rows == 0
@@ -53,7 +53,7 @@ async def test_broken_configs_are_counted_and_skipped(store: Store, app: App) ->
         " VALUES ($1, 'whatsapp', 'evolution', 'null'::jsonb)", uuid.uuid4())
     good = await app.insert(instance_name="clinic-ok")
 
-    desired = await store.read_desired()
+    desired = await store.desired.read()
 
     assert [d.id for d in desired.instances] == [good]
     assert desired.invalid_rows == 13
@@ -64,11 +64,11 @@ async def test_point_recheck(store: Store, app: App) -> None:
     await app.insert(instance_name="clinic-other-type", type="email")
     await app.insert(instance_name="clinic-disabled", enabled=False)
 
-    assert await store.row_names_instance("clinic-here")
-    assert await store.row_names_instance("clinic-disabled")
-    assert not await store.row_names_instance("clinic-other-type")
-    assert not await store.row_names_instance("clinic-absent")
-    assert not await store.row_names_instance("clinic-HERE")
+    assert await store.desired.row_names_instance("clinic-here")
+    assert await store.desired.row_names_instance("clinic-disabled")
+    assert not await store.desired.row_names_instance("clinic-other-type")
+    assert not await store.desired.row_names_instance("clinic-absent")
+    assert not await store.desired.row_names_instance("clinic-HERE")
 
 
 UNREADABLE = {
@@ -89,7 +89,7 @@ async def test_unreadable_rows_claim_every_string_in_their_config(
         await app.insert(config=config)
     good = await app.insert(config={"instance_name": "clinic-ok", "previous": "clinic-old"})
 
-    desired = await store.read_desired()
+    desired = await store.desired.read()
 
     assert [d.id for d in desired.instances] == [good]
     assert desired.invalid_rows == len(UNREADABLE)
@@ -104,12 +104,12 @@ async def test_the_point_recheck_uses_the_one_name_rule(store: Store, app: App) 
     await app.insert(instance_name="\ufeffclinic-bom")
     await app.insert(instance_name='clinic-"odd"\\name\n')
 
-    assert await store.row_names_instance("clinic-spaced")
-    assert await store.row_names_instance(" clinic-spaced\u00a0")
-    assert await store.row_names_instance("clinic-bom")
-    assert await store.row_names_instance('clinic-"odd"\\name')
-    assert not await store.row_names_instance("clinic-spaced-not")
-    assert not await store.row_names_instance("clinic-SPACED")
+    assert await store.desired.row_names_instance("clinic-spaced")
+    assert await store.desired.row_names_instance(" clinic-spaced\u00a0")
+    assert await store.desired.row_names_instance("clinic-bom")
+    assert await store.desired.row_names_instance('clinic-"odd"\\name')
+    assert not await store.desired.row_names_instance("clinic-spaced-not")
+    assert not await store.desired.row_names_instance("clinic-SPACED")
 
 
 async def test_the_point_recheck_refuses_what_an_unreadable_row_claims(
@@ -121,7 +121,7 @@ async def test_the_point_recheck_refuses_what_an_unreadable_row_claims(
 
     for claimed in ("clinic-listed", "clinic-object", "clinic-quoted", "clinic-stringly",
                     "clinic-deep", "clinic-previous"):
-        assert await store.row_names_instance(claimed), claimed
-    assert not await store.row_names_instance("clinic-old")
-    assert not await store.row_names_instance("clinic-other-type")
-    assert not await store.row_names_instance("clinic-absent")
+        assert await store.desired.row_names_instance(claimed), claimed
+    assert not await store.desired.row_names_instance("clinic-old")
+    assert not await store.desired.row_names_instance("clinic-other-type")
+    assert not await store.desired.row_names_instance("clinic-absent")

@@ -26,7 +26,7 @@ def test_build_event_has_exactly_the_spec_fields_in_order() -> None:
     at = datetime(2025, 11, 15, 13, 45, 0, 123456, tzinfo=timezone(timedelta(hours=-3)))
     event = build_event(EventType.REMOVED, instance_name=NAME, organization_id=ORG,
                         server="default", reason="orphan", occurred_at=at, event_id=event_id)
-    assert json.dumps(event) == json.dumps({
+    assert json.dumps(event.payload()) == json.dumps({
         "event_id": "0b9f6c1e-6a55-4a3e-9d4e-6f0d2a3b1c77",
         "type": "instance.removed",
         "instance_name": NAME,
@@ -38,8 +38,8 @@ def test_build_event_has_exactly_the_spec_fields_in_order() -> None:
     })
     anonymous = build_event(EventType.MISSING, instance_name="x", organization_id=None,
                             server="s", reason="instance_missing", occurred_at=at)
-    assert anonymous["organization_id"] is None
-    assert uuid.UUID(str(anonymous["event_id"])).version == 4
+    assert anonymous.organization_id is None and anonymous.payload()["organization_id"] is None
+    assert anonymous.event_id.version == 4
     with pytest.raises(ValueError, match="timezone"):
         build_event(EventType.MISSING, instance_name="x", organization_id=None, server="s",
                     reason="r", occurred_at=datetime(2025, 1, 1))
@@ -81,8 +81,8 @@ async def _decide(store: Store, count: int) -> list[dict[str, object]]:
                         organization_id=ORG)
         event = build_event(EventType.REMOVED, instance_name=name, organization_id=ORG,
                             server="default", reason="orphan", occurred_at=datetime.now(UTC))
-        await store.record(action, Outcome.OK, event=event)
-        events.append(event)
+        await store.decisions.record(action, Outcome.OK, event=event)
+        events.append(event.payload())
     return events
 
 
@@ -95,8 +95,8 @@ async def test_relay_publishes_in_order_with_exact_json_and_to_the_stream(
     metrics = Metrics(["default"])
     metrics.outbox_pending.set(5)
     try:
-        assert await relay_outbox(store, publisher, metrics) == 5
-        assert await relay_outbox(store, publisher, metrics) == 0
+        assert await relay_outbox(store.outbox, publisher, metrics) == 5
+        assert await relay_outbox(store.outbox, publisher, metrics) == 0
     finally:
         await publisher.aclose()
 
@@ -109,7 +109,7 @@ async def test_relay_publishes_in_order_with_exact_json_and_to_the_stream(
         await client.delete(stream)
     finally:
         await client.aclose()
-    assert await store.outbox_pending() == 0
+    assert await store.outbox.count_pending() == 0
     assert metrics.outbox_pending._value.get() == 0
     assert metrics.events_published_total.labels(type="instance.removed")._value.get() == 5
 
@@ -122,27 +122,27 @@ async def test_redis_down_keeps_events_pending_until_it_is_back(
     metrics = Metrics(["default"])
     try:
         with pytest.raises(PublishError) as caught:
-            await relay_outbox(store, down, metrics)
+            await relay_outbox(store.outbox, down, metrics)
         with pytest.raises(PublishError):
             await down.ping()
     finally:
         await down.aclose()
     assert "hunter2-secret" not in str(caught.value)
-    assert await store.outbox_pending() == 3
+    assert await store.outbox.count_pending() == 3
     assert metrics.outbox_pending._value.get() == 3
 
     more = await _decide(store, 1)
     up = EventPublisher(redis_url, channel=channel)
     try:
         await up.ping()
-        assert await relay_outbox(store, up) == 4
-        assert await relay_outbox(store, up) == 0
+        assert await relay_outbox(store.outbox, up) == 4
+        assert await relay_outbox(store.outbox, up) == 0
     finally:
         await up.aclose()
 
     assert await _received(subscriber, 4) == [json.dumps(e) for e in events + more]
     assert await subscriber.get_message(ignore_subscribe_messages=True, timeout=0.2) is None
-    assert await store.outbox_pending() == 0
+    assert await store.outbox.count_pending() == 0
 
 
 async def test_relay_drains_more_than_one_batch(store: Store, redis_url: str, channel: str,
@@ -151,7 +151,7 @@ async def test_relay_drains_more_than_one_batch(store: Store, redis_url: str, ch
     await _decide(store, count)
     publisher = EventPublisher(redis_url, channel=channel)
     try:
-        assert await relay_outbox(store, publisher) == count
+        assert await relay_outbox(store.outbox, publisher) == count
     finally:
         await publisher.aclose()
     assert len(await _received(subscriber, count)) == count
@@ -177,9 +177,9 @@ async def test_a_failure_mid_batch_keeps_what_was_published_and_the_order(
     good = EventPublisher(redis_url, channel=channel)
     try:
         with pytest.raises(PublishError):
-            await relay_outbox(store, flaky)
-        assert await store.outbox_pending() == 3
-        assert await relay_outbox(store, good) == 3
+            await relay_outbox(store.outbox, flaky)
+        assert await store.outbox.count_pending() == 3
+        assert await relay_outbox(store.outbox, good) == 3
     finally:
         await flaky.aclose()
         await good.aclose()
@@ -191,9 +191,9 @@ async def test_published_events_are_pruned_after_the_retention_pending_never(
     store: Store,
 ) -> None:
     await _decide(store, 3)
-    [first, *_] = await store.pending_events()
-    await store.mark_published([first.id])
-    assert await store.prune_outbox(keep_seconds=3600) == 0
-    assert await store.prune_outbox(keep_seconds=0) == 1
-    assert await store.outbox_pending() == 2
-    assert [e.id for e in await store.pending_events()] == [first.id + 1, first.id + 2]
+    [first, *_] = await store.outbox.pending()
+    await store.outbox.mark_published([first.id])
+    assert await store.outbox.prune(keep_seconds=3600) == 0
+    assert await store.outbox.prune(keep_seconds=0) == 1
+    assert await store.outbox.count_pending() == 2
+    assert [e.id for e in await store.outbox.pending()] == [first.id + 1, first.id + 2]

@@ -34,27 +34,27 @@ def _memory() -> Memory:
 async def test_round_trip_survives_a_new_store(store: Store, database_url: str,
                                                db_names: Any) -> None:
     memory = _memory()
-    await store.save_memory(memory, servers=["br-1", "br-2"])
-    assert await store.load_memory() == memory
+    await store.memory.save(memory, servers=["br-1", "br-2"])
+    assert await store.memory.load() == memory
 
     restarted = await Store.connect(database_url, integrations_table=db_names.integrations_table,
                                     schema=db_names.schema)
     try:
         await restarted.migrate()
-        assert await restarted.load_memory() == memory
+        assert await restarted.memory.load() == memory
     finally:
         await restarted.close()
 
 
 async def test_saving_one_server_leaves_the_others(store: Store) -> None:
-    await store.save_memory(_memory(), servers=["br-1", "br-2"])
+    await store.memory.save(_memory(), servers=["br-1", "br-2"])
     later = InstanceMemory(server="br-1", instance_name="clinic-b", first_seen=T0)
-    await store.save_memory(
+    await store.memory.save(
         Memory(instances={("br-1", "clinic-b"): later}, missing_streaks={},
                reported_duplicates=frozenset()),
         servers=["br-1"])
 
-    loaded = await store.load_memory()
+    loaded = await store.memory.load()
 
     assert loaded.instances == {("br-1", "clinic-b"): later,
                                 ("br-2", "clinic-a"): _memory().instances[("br-2", "clinic-a")]}
@@ -64,15 +64,15 @@ async def test_saving_one_server_leaves_the_others(store: Store) -> None:
 
 
 async def test_unprocessed_tombstones_are_part_of_memory(store: Store, app: App) -> None:
-    await store.install_trigger()
+    await store.desired.install_trigger()
     org = uuid.uuid4()
     row_id = await app.insert(instance_name="clinic-deleted", organization_id=org)
     await app.conn.execute(f"DELETE FROM {app.table} WHERE id = $1", row_id)
 
-    memory = await store.load_memory()
-    await store.save_memory(memory, servers=["br-1"])
+    memory = await store.memory.load()
+    await store.memory.save(memory, servers=["br-1"])
 
     [tombstone] = memory.tombstones.values()
     assert (tombstone.instance_name, tombstone.organization_id) == ("clinic-deleted", org)
-    assert (await store.load_memory()).tombstones == {"clinic-deleted": tombstone}
+    assert (await store.memory.load()).tombstones == {"clinic-deleted": tombstone}
     assert isinstance(tombstone, Tombstone) and tombstone.deleted_at.tzinfo is not None

@@ -8,9 +8,9 @@ import uuid
 import pytest
 
 from reconciler.model import ActionKind, DesiredInstance, StatusChange
+from reconciler.store.db import _passwords
 from reconciler.store.names import SqlNames
 from reconciler.store.rows import InvalidRow, claimed_keys, desired_from_row, status_change
-from reconciler.store.store import _passwords
 
 
 def test_names_are_quoted() -> None:

@@ -60,7 +60,7 @@ async def test_first_migration_races_on_a_fresh_database(database_url: str,
                                   schema=db_names.schema) for _ in range(3)]
     try:
         await asyncio.gather(*(s.migrate() for s in stores))
-        assert await stores[2].outbox_pending() == 0
+        assert await stores[2].outbox.count_pending() == 0
     finally:
         for s in stores:
             await s.close()
@@ -86,11 +86,11 @@ async def test_check_integrations_table(database_url: str, db_names: Any) -> Non
     absent = await Store.connect(database_url, integrations_table="no_such_schema.integrations",
                                  schema=db_names.schema)
     try:
-        await good.check_integrations_table()
+        await good.desired.check_table()
         with pytest.raises(IntegrationsTableMissing, match=r"no_such_schema\.integrations"):
-            await absent.check_integrations_table()
+            await absent.desired.check_table()
         with pytest.raises(IntegrationsTableMissing):
-            await absent.read_desired()
+            await absent.desired.read()
     finally:
         await good.close()
         await absent.close()
@@ -105,7 +105,7 @@ async def test_incomplete_integrations_table_is_refused(database_url: str,
                                 schema=db_names.schema)
     try:
         with pytest.raises(IntegrationsTableMissing, match="lacks columns: disconnect_reason"):
-            await store.check_integrations_table()
+            await store.desired.check_table()
     finally:
         await store.close()
         await conn.close()
@@ -113,7 +113,8 @@ async def test_incomplete_integrations_table_is_refused(database_url: str,
 
 async def test_unreachable_database_is_a_store_error_without_the_password() -> None:
     with pytest.raises(StoreError) as caught:
-        await Store.connect("postgresql://app:s3cr3t-pw@127.0.0.1:1/db")
+        await Store.connect("postgresql://app:s3cr3t-pw@127.0.0.1:1/db",
+                            integrations_table="healthcare.integrations", schema="reconciler")
     assert "s3cr3t-pw" not in str(caught.value)
     assert "connecting to the database" in str(caught.value)
 
@@ -125,5 +126,5 @@ async def test_unreachable_database_is_a_store_error_without_the_password() -> N
 ])
 async def test_every_driver_failure_is_a_store_error(store: Store, failure: Exception) -> None:
     """Database trouble, never "a pass failed unexpectedly": the pass still publishes."""
-    with pytest.raises(StoreError, match="operation"), store._failures("reading the outbox"):
+    with pytest.raises(StoreError, match="operation"), store._db.failures("reading the outbox"):
         raise failure

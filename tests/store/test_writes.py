@@ -13,6 +13,7 @@ from reconciler.model import (
     Action,
     ActionKind,
     Delete,
+    Event,
     EventType,
     Flag,
     Guard,
@@ -30,7 +31,7 @@ def _mark(kind: ActionKind, row_id: uuid.UUID, expected: str, *, name: str = "cl
                         disconnect_reason=disconnect_reason)
 
 
-def _event(action: Action, event_type: EventType) -> dict[str, object]:
+def _event(action: Action, event_type: EventType) -> Event:
     return build_event(event_type, instance_name=action.instance_name,
                        organization_id=action.organization_id, server=action.server,
                        reason=action.reason, occurred_at=datetime.now(UTC))
@@ -56,7 +57,7 @@ async def test_update_changes_only_status_reason_and_updated_at(
                    else None)
     event = _event(action, EventType.DISCONNECTED)
 
-    assert await store.update_status(action, event=event, lease=None)
+    assert await store.decisions.update_status(action, event=event, lease=None)
 
     new = await app.row(row_id)
     assert (new["status"], new["disconnect_reason"]) == after
@@ -65,11 +66,11 @@ async def test_update_changes_only_status_reason_and_updated_at(
     assert {k: v for k, v in new.items() if k not in unchanged} == \
         {k: v for k, v in old.items() if k not in unchanged}
     assert await app.row(bystander) == old_bystander
-    [audit] = await store.audit_rows(instance_name="clinic-a")
+    [audit] = await store.decisions.audit_rows(instance_name="clinic-a")
     assert audit["outcome"] == "ok" and audit["action"] == kind.value
-    assert audit["event_id"] == uuid.UUID(str(event["event_id"]))
-    [pending] = await store.pending_events()
-    assert pending.payload == event and pending.instance_name == "clinic-a"
+    assert audit["event_id"] == event.event_id
+    [pending] = await store.outbox.pending()
+    assert pending.payload == event.payload() and pending.instance_name == "clinic-a"
 
 
 async def test_a_concurrent_change_by_the_application_wins(store: Store, app: App) -> None:
@@ -79,20 +80,20 @@ async def test_a_concurrent_change_by_the_application_wins(store: Store, app: Ap
     await app.conn.execute(f"UPDATE {app.table} SET status = 'pending' WHERE id = $1", row_id)
     before = await app.row(row_id)
 
-    assert not await store.update_status(action, event=_event(action, EventType.DISCONNECTED),
-                                         lease=None)
+    event = _event(action, EventType.DISCONNECTED)
+    assert not await store.decisions.update_status(action, event=event, lease=None)
 
     assert await app.row(row_id) == before
-    assert await store.audit_rows() == []
-    assert await store.outbox_pending() == 0
+    assert await store.decisions.audit_rows() == []
+    assert await store.outbox.count_pending() == 0
 
 
 async def test_a_deleted_row_or_another_type_is_a_guard_miss(store: Store, app: App) -> None:
     email = await app.insert(instance_name="clinic-a", type="email", status="connected")
     action = _mark(ActionKind.MARK_DISCONNECTED, email, "connected",
                    disconnect_reason="logged_out")
-    assert not await store.update_status(action, event=None, lease=None)
-    assert not await store.update_status(
+    assert not await store.decisions.update_status(action, event=None, lease=None)
+    assert not await store.decisions.update_status(
         _mark(ActionKind.MARK_CONNECTED, uuid.uuid4(), "disconnected"), event=None, lease=None)
     assert (await app.row(email))["status"] == "connected"
 
@@ -102,17 +103,18 @@ async def test_a_failure_after_the_update_leaves_nothing_written(store: Store, a
     flag = Flag(server="default", instance_name="clinic-a", reason="duplicate_row",
                 group_key="duplicate_row:clinic-a")
     event = _event(flag, EventType.DUPLICATE)
-    await store.record(flag, Outcome.OK, event=event)
+    await store.decisions.record(flag, Outcome.OK, event=event)
     before = await app.row(row_id)
     action = _mark(ActionKind.MARK_DISCONNECTED, row_id, "connected",
                    disconnect_reason="logged_out")
 
     with pytest.raises(StoreError, match="UniqueViolation"):
-        await store.update_status(action, event=event, lease=None)  # same event_id: outbox fails
+        # the same event_id: the outbox insert fails
+        await store.decisions.update_status(action, event=event, lease=None)
 
     assert await app.row(row_id) == before
-    assert [r["action"] for r in await store.audit_rows()] == ["flag"]
-    assert await store.outbox_pending() == 1
+    assert [r["action"] for r in await store.decisions.audit_rows()] == ["flag"]
+    assert await store.outbox.count_pending() == 1
 
 
 async def test_update_refuses_an_action_that_is_no_status_change(store: Store) -> None:
@@ -123,12 +125,12 @@ async def test_update_refuses_an_action_that_is_no_status_change(store: Store) -
                              instance_name="clinic-a", reason="reconnected", row_id=uuid.uuid4(),
                              expected_status=None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="expected_status"):
-        await store.update_status(unguarded, event=None, lease=None)
+        await store.decisions.update_status(unguarded, event=None, lease=None)
 
 
 async def test_record_writes_every_audit_column_and_the_outbox(store: Store) -> None:
     org, row = uuid.uuid4(), uuid.uuid4()
-    token = await store.acquire_lease("default", "replica-1")
+    token = await store.leases.acquire("default", "replica-1")
     assert token is not None
     mark = _mark(ActionKind.MARK_DISCONNECTED, row, "connected", name="clinic-x",
                  reason="orphan", org=org)
@@ -136,12 +138,13 @@ async def test_record_writes_every_audit_column_and_the_outbox(store: Store) -> 
                      blocked_by=Guard.MAX_DELETIONS)
     event = _event(mark, EventType.DISCONNECTED)
 
-    await store.record(mark, Outcome.OK, event=event, lease=token)
-    await store.record(blocked, Outcome.BLOCKED, lease=token)
-    await store.record(mark, Outcome.FAILED, error="HTTP 500 from server", lease=token)
-    await store.record(blocked, Outcome.DRY_RUN)
+    await store.decisions.record(mark, Outcome.OK, event=event, lease=token)
+    await store.decisions.record(blocked, Outcome.BLOCKED, lease=token)
+    await store.decisions.record(mark, Outcome.FAILED, error="HTTP 500 from server",
+                                 lease=token)
+    await store.decisions.record(blocked, Outcome.DRY_RUN)
 
-    rows = await store.audit_rows()
+    rows = await store.decisions.audit_rows()
     assert [r["id"] for r in rows] == sorted((r["id"] for r in rows), reverse=True)
     failed, blocked_row = rows[1], rows[2]
     ok = rows[3]
@@ -150,16 +153,16 @@ async def test_record_writes_every_audit_column_and_the_outbox(store: Store) -> 
     assert {k: v for k, v in ok.items() if k not in ("id", "at")} == {
         "server": "default", "instance_name": "clinic-x", "organization_id": org,
         "row_id": row, "action": "mark_disconnected", "reason": "orphan", "guard": None,
-        "outcome": "ok", "error": None, "event_id": uuid.UUID(str(event["event_id"])),
+        "outcome": "ok", "error": None, "event_id": event.event_id,
         "epoch": token.epoch,
     }
     assert (blocked_row["guard"], blocked_row["outcome"], blocked_row["event_id"]) == \
         ("max_deletions", "blocked", None)
     assert (failed["outcome"], failed["error"]) == ("failed", "HTTP 500 from server")
     assert rows[0]["epoch"] is None and rows[0]["outcome"] == "dry_run"
-    assert [r["instance_name"] for r in await store.audit_rows(instance_name="clinic-y")] == \
-        ["clinic-y", "clinic-y"]
-    assert len(await store.audit_rows(limit=1)) == 1
-    [pending] = await store.pending_events()
-    assert pending.event_id == uuid.UUID(str(event["event_id"]))
-    assert pending.payload == event
+    of_y = await store.decisions.audit_rows(instance_name="clinic-y")
+    assert [r["instance_name"] for r in of_y] == ["clinic-y", "clinic-y"]
+    assert len(await store.decisions.audit_rows(limit=1)) == 1
+    [pending] = await store.outbox.pending()
+    assert pending.event_id == event.event_id
+    assert pending.payload == event.payload()

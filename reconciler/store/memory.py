@@ -1,0 +1,160 @@
+"""The daemon's memory between passes: observations, counts, streaks, duplicates, tombstones.
+
+The SQL of the observations and tombstones tables lives here only; the fenced decision writes of
+`DecisionTables` call `write_observation` and `retire_tombstones` inside their own transactions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import anyio
+import asyncpg
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from reconciler.model import InstanceMemory, Memory, PassCounts, Tombstone
+from reconciler.store.db import DB_ERRORS, Database
+from reconciler.store.names import SqlNames
+from reconciler.store.rows import (
+    OBSERVATION_COLUMNS,
+    LeaseToken,
+    instance_memory,
+    observation_row,
+)
+
+if TYPE_CHECKING:
+    from reconciler.store.db import Conn
+
+_NOTIFY_BUFFER = 1000
+"""NOTIFYs are hints (the tombstones table is the truth): beyond this many unread, drop them."""
+
+
+async def write_observation(conn: Conn, names: SqlNames, entry: InstanceMemory) -> None:
+    """Upsert one instance's memory; the caller holds the (fenced) transaction."""
+    columns = ", ".join(OBSERVATION_COLUMNS)
+    values = ", ".join(f"${i}" for i in range(1, len(OBSERVATION_COLUMNS) + 1))
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in OBSERVATION_COLUMNS[2:])
+    await conn.execute(
+        f"INSERT INTO {names.own}.observations ({columns}) VALUES ({values})"
+        f" ON CONFLICT (server, instance_name) DO UPDATE SET {updates}, updated_at = now()",
+        *observation_row(entry))
+
+
+async def retire_tombstones(conn: Conn, names: SqlNames, instance_names: Collection[str]) -> None:
+    """The one place a tombstone is retired; the caller holds the (fenced) transaction."""
+    await conn.execute(
+        f"DELETE FROM {names.own}.tombstones WHERE instance_name = ANY($1::text[])",
+        list(instance_names))
+
+
+class MemoryTables:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._names = db.names
+
+    async def load(self) -> Memory:
+        own = self._names.own
+        async with self._db.snapshot("loading memory") as conn:
+            observations = await conn.fetch(
+                f"SELECT {', '.join(OBSERVATION_COLUMNS)} FROM {own}.observations")
+            counts = await conn.fetch(f"SELECT server, desired, observed FROM {own}.pass_counts")
+            streaks = await conn.fetch(f"SELECT instance_name, streak FROM {own}.missing_streaks")
+            duplicates = await conn.fetch(f"SELECT group_key FROM {own}.reported_duplicates")
+            tombstones = await conn.fetch(
+                "SELECT instance_name, organization_id, deleted_at"
+                f" FROM {own}.tombstones ORDER BY deleted_at, instance_name")
+        instances = (instance_memory(r) for r in observations)
+        return Memory(
+            instances={(m.server, m.instance_name): m for m in instances},
+            last_counts={r["server"]: PassCounts(r["desired"], r["observed"]) for r in counts},
+            missing_streaks={r["instance_name"]: r["streak"] for r in streaks},
+            reported_duplicates=frozenset(r["group_key"] for r in duplicates),
+            tombstones={r["instance_name"]: Tombstone(r["instance_name"], r["organization_id"],
+                                                      r["deleted_at"]) for r in tombstones},
+        )
+
+    async def save(
+        self,
+        memory: Memory,
+        *,
+        servers: Collection[str],
+        leases: Mapping[str, LeaseToken] | None = None,
+    ) -> None:
+        """Replace the memory of `servers`, and the global missing streaks and duplicate groups.
+
+        Tombstones are not written here: the trigger adds them and `retire_tombstones` removes
+        the processed ones, so one deleted while this pass ran is never lost.
+        """
+        own = self._names.own
+        chosen = sorted(set(servers))
+        observations = [observation_row(m) for m in memory.instances.values()
+                        if m.server in chosen]
+        counts = [(s, c.desired, c.observed) for s, c in memory.last_counts.items()
+                  if s in chosen]
+        async with self._db.transaction("saving memory", (leases or {}).values()) as conn:
+            await conn.execute(f"DELETE FROM {own}.observations WHERE server = ANY($1::text[])",
+                               chosen)
+            if observations:
+                await conn.copy_records_to_table(
+                    "observations", schema_name=self._names.schema,
+                    columns=OBSERVATION_COLUMNS, records=observations)
+            await conn.execute(f"DELETE FROM {own}.pass_counts WHERE server = ANY($1::text[])",
+                               chosen)
+            if counts:
+                await conn.executemany(
+                    f"INSERT INTO {own}.pass_counts (server, desired, observed)"
+                    " VALUES ($1, $2, $3)", counts)
+            await conn.execute(f"DELETE FROM {own}.missing_streaks")
+            if memory.missing_streaks:
+                await conn.executemany(
+                    f"INSERT INTO {own}.missing_streaks (instance_name, streak) VALUES ($1, $2)",
+                    list(memory.missing_streaks.items()))
+            duplicates = sorted(memory.reported_duplicates)
+            await conn.execute(
+                f"DELETE FROM {own}.reported_duplicates WHERE NOT group_key = ANY($1::text[])",
+                duplicates)
+            await conn.execute(
+                f"INSERT INTO {own}.reported_duplicates (group_key)"
+                " SELECT unnest($1::text[]) ON CONFLICT DO NOTHING", duplicates)
+
+    async def retire_tombstones(
+        self, instance_names: Collection[str], *, leases: Iterable[LeaseToken] = ()
+    ) -> None:
+        """Forget the tombstones a pass has processed (the planner decides which)."""
+        async with self._db.transaction("retiring tombstones", leases) as conn:
+            await retire_tombstones(conn, self._names, instance_names)
+
+    @asynccontextmanager
+    async def listen_tombstones(self) -> AsyncIterator[MemoryObjectReceiveStream[str]]:
+        """Instance names as the trigger's NOTIFYs arrive, on a connection of their own.
+
+        The stream ends when that connection is lost; the caller listens again, and runs a pass
+        (whose `load` reads every tombstone) to catch what it missed.
+        """
+        send, receive = anyio.create_memory_object_stream[str](max_buffer_size=_NOTIFY_BUFFER)
+
+        def on_notify(_conn: object, _pid: int, _channel: str, payload: object) -> None:
+            with contextlib.suppress(anyio.WouldBlock, anyio.ClosedResourceError,
+                                     anyio.BrokenResourceError):
+                send.send_nowait(str(payload))
+
+        def on_terminate(_conn: object) -> None:
+            send.close()
+
+        with self._db.failures("listening for tombstones"):
+            conn = await asyncpg.connect(
+                self._db.dsn, timeout=10,
+                server_settings={"application_name": "evolution-reconciler-listen"})
+        try:
+            conn.add_termination_listener(on_terminate)
+            with self._db.failures("listening for tombstones"):
+                await conn.add_listener(self._names.tombstone_channel, on_notify)
+            with receive:
+                yield receive
+        finally:
+            send.close()
+            with contextlib.suppress(*DB_ERRORS):
+                await conn.close(timeout=5)
