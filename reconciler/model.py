@@ -114,9 +114,6 @@ class RowStatus(StrEnum):
     DISCONNECTED = "disconnected"
 
 
-EVENT_SOURCE = "evolution-reconciler"
-
-
 @dataclass(frozen=True)
 class Event:
     """One event of SPEC 5, its fields in the order consumers see them."""
@@ -129,7 +126,7 @@ class Event:
     """The server that lists the instance; "" (`FLEET`) for `instance.missing`."""
     reason: str
     occurred_at: datetime
-    source: str = EVENT_SOURCE
+    source: str = "evolution-reconciler"
 
     def __post_init__(self) -> None:
         if self.occurred_at.tzinfo is None:
