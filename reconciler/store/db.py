@@ -6,16 +6,14 @@ writer's lease is still current (SPEC 7): a replica that lost its lease writes n
 
 from __future__ import annotations
 
-import contextlib
 import json
-import re
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, TypeAlias
-from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
+from reconciler.redaction import redact, url_passwords
 from reconciler.store.errors import IntegrationsTableMissing, LeaseLost, StoreError
 from reconciler.store.names import SqlNames
 from reconciler.store.rows import LeaseToken
@@ -42,21 +40,6 @@ if TYPE_CHECKING:
     Conn: TypeAlias = asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
 
 
-def _passwords(dsn: str) -> tuple[str, ...]:
-    """Every spelling of the DSN's password, so that no error message carries it."""
-    found: list[str] = re.findall(r"password\s*=\s*'?([^\s'&]+)", dsn)
-    with contextlib.suppress(ValueError):
-        if password := urlsplit(dsn).password:
-            found += [password, unquote(password)]
-    return tuple(p for p in found if p)
-
-
-def _redact(text: str, secrets: Iterable[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return text
-
-
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
@@ -80,7 +63,7 @@ class Database:
         self.dsn = dsn
         """For a connection of its own (the NOTIFY listener outlives any pooled one)."""
         self.names = names
-        self._secrets = _passwords(dsn)
+        self._secrets = url_passwords(dsn)
 
     @classmethod
     async def connect(cls, dsn: str, names: SqlNames) -> Database:
@@ -95,8 +78,8 @@ class Database:
                 server_settings={"application_name": "evolution-reconciler"},
             )
         except _CONNECT_ERRORS as exc:
-            raise StoreError(_redact(f"connecting to the database: {_describe(exc)}",
-                                     _passwords(dsn))) from None
+            raise StoreError(redact(f"connecting to the database: {_describe(exc)}",
+                                     url_passwords(dsn))) from None
         return cls(pool, dsn, names)
 
     async def close(self) -> None:
@@ -113,7 +96,7 @@ class Database:
                     f"integrations table {self.names.table_display} is missing or incomplete"
                     f" ({_describe(exc)})"
                 ) from exc
-            raise StoreError(_redact(f"{doing}: {_describe(exc)}", self._secrets)) from exc
+            raise StoreError(redact(f"{doing}: {_describe(exc)}", self._secrets)) from exc
 
     @asynccontextmanager
     async def transaction(

@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from reconciler.model import ActionKind, DesiredInstance, StatusChange
-from reconciler.store.db import _passwords
+from reconciler.redaction import url_passwords
 from reconciler.store.names import SqlNames
 from reconciler.store.rows import InvalidRow, claimed_keys, desired_from_row, status_change
 
@@ -85,4 +85,4 @@ def test_status_change() -> None:
     ("postgresql://db/x?password=q-secret&sslmode=require", "q-secret"),
 ])
 def test_every_spelling_of_the_password_is_redacted(dsn: str, secret: str) -> None:
-    assert secret in _passwords(dsn)
+    assert secret in url_passwords(dsn)
