@@ -40,11 +40,12 @@ async def requested(env: Env, method: str, endpoint: str) -> None:
     await wait_for(seen, timeout=20, what=f"{method} {endpoint}")
 
 
-async def test_sigterm_while_a_listing_hangs_exits_within_the_budget(env: Env) -> None:
-    env.sim.fault("fetchInstances", hang=True)
-    daemon = start(env, RECONCILER_HTTP_TIMEOUT_SECONDS="60")
+async def sigterm_during(env: Env, method: str, endpoint: str, **extra: str) -> None:
+    """Start the daemon, SIGTERM it once `endpoint` was called, and require a clean exit within
+    the budget."""
+    daemon = start(env, **extra)
     try:
-        await requested(env, "GET", "/instance/fetchInstances")
+        await requested(env, method, endpoint)
         took = await stop_and_time(daemon)
     finally:
         if daemon.poll() is None:
@@ -52,6 +53,12 @@ async def test_sigterm_while_a_listing_hangs_exits_within_the_budget(env: Env) -
         _, stderr = daemon.communicate(timeout=10)
     assert daemon.returncode == 0, stderr[-2000:]
     assert took <= BUDGET, f"exited {took:.1f} s after SIGTERM (budget {BUDGET} s)"
+
+
+async def test_sigterm_while_a_listing_hangs_exits_within_the_budget(env: Env) -> None:
+    env.sim.fault("fetchInstances", hang=True)
+    await sigterm_during(env, "GET", "/instance/fetchInstances",
+                         RECONCILER_HTTP_TIMEOUT_SECONDS="60")
     holders = await env.fetchval(
         f'SELECT count(*) FROM "{env.names.schema}".leases WHERE expires_at > now()')
     assert holders == 0, "the leases were released for a standby to take over at once"
@@ -66,16 +73,7 @@ async def test_sigterm_while_a_delete_hangs_exits_in_time_and_the_removal_is_not
     await env.add_row(keeper, status="connected")
     env.sim.fault("delete", hang=True)
     stream = f"{env.channel}:stream"
-    daemon = start(env, RECONCILER_EVENTS_STREAM=stream)
-    try:
-        await requested(env, "DELETE", "/instance/delete/")
-        took = await stop_and_time(daemon)
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
-        _, stderr = daemon.communicate(timeout=10)
-    assert daemon.returncode == 0, stderr[-2000:]
-    assert took <= BUDGET, f"exited {took:.1f} s after SIGTERM (budget {BUDGET} s)"
+    await sigterm_during(env, "DELETE", "/instance/delete/", RECONCILER_EVENTS_STREAM=stream)
     intent = await env.fetchval(
         f'SELECT delete_event_id FROM "{env.names.schema}".observations'
         " WHERE instance_name = $1 AND delete_requested_at IS NOT NULL", orphan)
