@@ -1,19 +1,12 @@
-"""Settings of SPEC section 8: environment variables, an optional TOML file, secrets from files.
+"""Settings of SPEC section 8 on pydantic-settings: the environment, then its `_FILE` secrets, then
+the TOML file named by `RECONCILER_CONFIG`, then that file's `*_file` secrets (relative to it).
 
-Everything is validated before any request is made, and every problem is reported at once, naming
-the environment variable (and the TOML key when the value came from the file), so that the command
-line can exit 2 with a message an operator can act on. Secret values (API keys, the webhook token,
-the database and Redis URLs) never appear in a message or a repr.
-
-Conventions an operator may trip over:
-
-- An empty environment variable (or empty TOML string) counts as unset, so the default applies.
-- `RECONCILER_PROTECTED` is a comma-separated list (in TOML also an array of strings). An entry made
-  only of letters, digits, `_` and `-` protects exactly that instance name; any other entry is a
-  regular expression used as `pattern.search(name)`, so anchor it (`^test-`) to mean a prefix.
-- Relative `*_file` paths in the TOML file are relative to that file.
-- Every secret loses its surrounding whitespace, wherever it came from: a mounted secret file or a
-  Kubernetes `secretKeyRef` often ends in a newline that would otherwise reach the wire.
+Every problem is reported at once, naming the variable (and the TOML key when the value came from
+the file), so the command line can exit 2 with a message an operator can act on. Secret values
+never appear in a message or a repr. An empty variable counts as unset. `RECONCILER_PROTECTED` is
+comma-separated (in TOML also an array): a plain name protects exactly that instance, any other
+entry is a regular expression used with `search`. Every secret loses its surrounding whitespace:
+a mounted file or a `secretKeyRef` often ends in a newline that would otherwise reach the wire.
 """
 
 from __future__ import annotations
@@ -21,33 +14,47 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import SplitResult, quote, unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
-from pydantic.fields import FieldInfo
-from pydantic_core import ErrorDetails
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
+from pydantic.dataclasses import dataclass
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from reconciler.model import Mode, Policy
 
 ENV_PREFIX = "RECONCILER_"
 CONFIG_VARIABLE = "RECONCILER_CONFIG"
 DEFAULT_SERVER_NAME = "default"
-DEFAULT_MANAGED_PATTERN = r"^clinic-(?P<org>[0-9a-fA-F-]{36})-(?P<ts>[0-9]+)$"
 MASK = "***"
-
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_PLAIN_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-_PORT = re.compile(r"^[0-9]{1,5}$")
+_POLICY = Policy()
+DEFAULT_MANAGED_PATTERN = _POLICY.managed_pattern.pattern
+_SECRETS = ("database_url", "redis_url", "evolution_api_key", "webhook_token")
+_POSTGRES = "must be a postgres:// or postgresql:// URL"
+_HIDDEN = frozenset({*_SECRETS, "api_key"})
+"""Keys whose values a message never shows."""
+_IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]{0,62}"
 _URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/?#@]*:)[^\s/?#]+@")
 _QUERY_PASSWORD = re.compile(r"(?i)(?P<head>[?&](?:ssl)?password=)[^&\s#]+")
-_HEADER_VALUE = re.compile(r"[\x20-\x7e]+")
-_URL_SEGMENT = re.compile(r"[A-Za-z0-9._~-]+")
 
 
 class SettingsError(Exception):
@@ -58,57 +65,245 @@ class SettingsError(Exception):
         self.problems = tuple(problems)
 
 
-@dataclass(frozen=True)
-class ServerConfig:
-    """One Evolution API server: a name, a base URL, its global API key, the API line."""
+class _Invalid(ValueError):
+    """A value is wrong; the message says what it must be (never what it was, if secret)."""
 
-    name: str
-    url: str
-    api_key: str
-    version: str = "auto"
+
+# --- validators: each raises _Invalid with what the value must be --------------------------------
+
+
+def _must(requirement: str) -> WrapValidator:
+    """Any failure of the inner validation (type, bounds, booleans) is said as `requirement`."""
+
+    def check(value: object, inner: ValidatorFunctionWrapHandler) -> object:
+        if isinstance(value, bool):  # pydantic would read TOML `true` as the number 1
+            raise _Invalid(requirement)
+        try:
+            return inner(value)
+        except ValidationError:
+            raise _Invalid(requirement) from None
+
+    return WrapValidator(check)
+
+
+def _check(test: Callable[[str], object], requirement: str) -> AfterValidator:
+    """A string for which `test` is falsy is wrong: it must be `requirement`."""
+
+    def check(value: str) -> str:
+        if not test(value):
+            raise _Invalid(requirement)
+        return value
+
+    return AfterValidator(check)
+
+
+def _fullmatch(pattern: str, requirement: str) -> AfterValidator:
+    return _check(re.compile(pattern).fullmatch, requirement)
+
+
+def _secret(value: object) -> object:
+    """Mounted secrets and `secretKeyRef`s end in a newline that must not reach the wire."""
+    if isinstance(value, str) and not value.strip():
+        raise _Invalid("must not be empty")
+    return value.strip() if isinstance(value, str) else value
+
+
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
+def _regex(value: object, entry: str = "") -> re.Pattern[str]:
+    if not isinstance(value, str):
+        raise _Invalid("must be a regular expression")
+    try:
+        return re.compile(value)
+    except re.error as e:
+        if not entry:
+            raise _Invalid(f"must be a valid regular expression ({e})") from None
+        raise _Invalid(f'must be comma-separated names or regular expressions; "{entry}" is not'
+                       f" a valid regular expression ({e})") from None
+
+
+def _protected(value: object) -> tuple[re.Pattern[str], ...]:
+    """Plain names match exactly; a brace left open means a comma split a regex like `{2,4}`."""
+    entries = value.split(",") if isinstance(value, str) else value
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        raise _Invalid("must be comma-separated names or regular expressions")
+    patterns = []
+    for entry in (e.strip() for e in entries if e.strip()):
+        if re.fullmatch(r"[A-Za-z0-9_-]+", entry):
+            patterns.append(re.compile(f"^{re.escape(entry)}$"))
+        elif entry.count("{") != entry.count("}"):
+            raise _Invalid(
+                f'"{entry}" has unbalanced braces: a comma inside a regular expression (as in'
+                " {2,4}) splits it in two; write the repetition out or list the entries as a"
+                " TOML array"
+            )
+        else:
+            patterns.append(_regex(entry, entry))
+    return tuple(patterns)
+
+
+def _http_url(value: str) -> str:
+    """The API key is a setting of its own; a query string would be sent with every path."""
+    parts = urlsplit(value)
+    if not _has_valid_port(value):
+        raise _Invalid("must be an http:// or https:// URL with a valid port")
+    if parts.scheme not in ("http", "https") or not parts.hostname or re.search(r"\s", value):
+        raise _Invalid("must be an http:// or https:// URL with a host")
+    if parts.username is not None or parts.password is not None:
+        raise _Invalid("must not contain credentials (the API key is a setting of its own)")
+    if "?" in value or "#" in value:
+        raise _Invalid("must not have a query string or fragment")
+    return value.rstrip("/")
+
+
+def _redis_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme in ("redis", "rediss") and parts.hostname and _has_valid_port(value):
+        return value
+    if parts.scheme == "unix" and parts.path:
+        return value
+    raise _Invalid("must be a redis:// or rediss:// URL with a host, or a unix:// socket URL")
+
+
+def _has_valid_port(url: str) -> bool:
+    try:
+        urlsplit(url).port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        return False
+    return True
+
+
+def _address(value: object) -> tuple[str, int]:
+    host, _, port = value.rpartition(":") if isinstance(value, str) else ("", "", "")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif re.search(r"[][:]", host):
+        host = ""
+    if not host or not re.fullmatch(r"[0-9]{1,5}", port) or int(port) > 65535:
+        raise _Invalid("must be host:port (an IPv6 host in brackets) with a port 0-65535")
+    return (host, int(port))
+
+
+_Positive = Annotated[float, Field(gt=0, allow_inf_nan=False), _must("must be a number > 0")]
+_NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False), _must("must be a number >= 0")]
+_Fraction = Annotated[float, Field(gt=0, le=1), _must("must be a fraction in (0, 1]")]
+_ApiKey = Annotated[str, _must("must be a string"), BeforeValidator(_secret), _fullmatch(
+    r"[\x20-\x7e]+", "must hold only printable ASCII characters (it is sent as an HTTP header)")]
+_HttpUrl = Annotated[str, _must("must be an http:// or https:// URL"), AfterValidator(_http_url)]
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class ServerConfig:
+    """One Evolution API server (a `[[servers]]` table of the TOML file)."""
+
+    name: Annotated[str, _fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}",
+                                    "must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
+    """Names its metrics, logs and decisions; unique."""
+    url: _HttpUrl
+    """The base URL, without credentials, query string or fragment."""
+    api_key: _ApiKey
+    """Its global API key (or `api_key_file`), sent as a header."""
+    version: Annotated[Literal["auto", "v1", "v2"], _must("must be one of auto, v1, v2")] = "auto"
     """"auto" (detect from `GET /` and the responses), "v1" or "v2"."""
 
     def __repr__(self) -> str:
         return f"ServerConfig(name={self.name!r}, url={self.url!r}, version={self.version!r})"
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Every setting of SPEC 8, validated. The service URLs are "" only when not required."""
+class Settings(BaseSettings):
+    """Every setting of SPEC 8, validated. Each field is a TOML key and, upper-cased with the
+    prefix, a variable; the service URLs are "" only when not required."""
 
-    database_url: str
-    redis_url: str
-    servers: tuple[ServerConfig, ...]
-    mode: Mode = Mode.DRY_RUN
-    interval_seconds: float = 30.0
-    managed_pattern: re.Pattern[str] = re.compile(DEFAULT_MANAGED_PATTERN)
-    protected: tuple[re.Pattern[str], ...] = ()
-    orphan_grace_seconds: float = 300.0
-    orphan_confirmations: int = 2
-    max_deletions: int = 10
-    max_deletion_fraction: float = 0.25
-    disconnect_after_seconds: float = 120.0
-    mass_disconnect_fraction: float = 0.5
-    probe_rps: float = 10.0
-    probe_interval_seconds: float = 300.0
-    http_timeout_seconds: float = 60.0
-    shutdown_seconds: float = 10.0
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="forbid", validate_default=False,
+        use_attribute_docstrings=True,
+    )
+
+    database_url: Annotated[str, _must(_POSTGRES), BeforeValidator(_secret), _check(
+        lambda url: urlsplit(url).scheme in ("postgres", "postgresql") and "://" in url,
+        _POSTGRES)] = ""
+    """The PostgreSQL DSN (or `RECONCILER_DATABASE_URL_FILE`)."""
+    redis_url: Annotated[str, _must("must be a redis://, rediss:// or unix:// URL"),
+                         BeforeValidator(_secret), AfterValidator(_redis_url)] = ""
+    """Redis for hints and events (or `RECONCILER_REDIS_URL_FILE`)."""
+    evolution_url: _HttpUrl | None = Field(None, repr=False)
+    """The single server, named `default`, when the TOML file lists no `[[servers]]`."""
+    evolution_api_key: _ApiKey | None = Field(None, repr=False)
+    """Its global API key (or `RECONCILER_EVOLUTION_API_KEY_FILE`)."""
+    servers: tuple[ServerConfig, ...] = ()
+    """Every server reconciled: the TOML `[[servers]]`, or the single one above."""
+    mode: Annotated[Mode, _must("must be one of dry_run, enforce")] = _POLICY.mode
+    """`enforce` acts; `dry_run` only says what it would do (SPEC 4.3)."""
+    interval_seconds: _Positive = 30.0
+    """Between passes, with +/-10% jitter."""
+    managed_pattern: Annotated[re.Pattern[str], BeforeValidator(_regex)] = _POLICY.managed_pattern
+    """Instance names the daemon owns; others are never touched (SPEC 3)."""
+    protected: Annotated[tuple[re.Pattern[str], ...], NoDecode, BeforeValidator(_protected)] = ()
+    """Names or regular expressions never deleted (SPEC 4.3)."""
+    orphan_grace_seconds: _NonNegative = _POLICY.orphan_grace.total_seconds()
+    """How long an orphan must be seen before its deletion."""
+    orphan_confirmations: Annotated[int, Field(ge=1), _must("must be a whole number >= 1")] = (
+        _POLICY.orphan_confirmations)
+    """Passes that must see an orphan before its deletion."""
+    max_deletions: Annotated[int, Field(ge=0), _must("must be a whole number >= 0")] = (
+        _POLICY.max_deletions)
+    """Blast-radius guard: deletions per pass."""
+    max_deletion_fraction: _Fraction = _POLICY.max_deletion_fraction
+    """Blast-radius guard: share of a server's instances deleted per pass."""
+    disconnect_after_seconds: _NonNegative = _POLICY.disconnect_after.total_seconds()
+    """Hysteresis before a disconnect is marked; 0 marks it at first sight (SPEC 4.1)."""
+    mass_disconnect_fraction: _Fraction = _POLICY.mass_disconnect_fraction
+    """A share of disconnects at once that looks like an outage, not drift (SPEC 4.1)."""
+    probe_rps: _Positive = 10.0
+    """Per-instance state probes per second, per server (SPEC 3)."""
+    probe_interval_seconds: _Positive = 300.0
+    """How often an instance's state is probed (SPEC 3)."""
+    http_timeout_seconds: _Positive = 60.0
+    """Per request to Evolution (listing a large server is slow)."""
+    shutdown_seconds: _Positive = 10.0
     """From SIGTERM to exit, whatever a server is doing (SPEC 7)."""
-    integrations_table: str = "healthcare.integrations"
-    schema: str = "reconciler"
-    events_channel: str = "whatsapp:instance-events"
-    events_stream: str | None = None
-    http_host: str = "0.0.0.0"
-    http_port: int = 9478
-    webhook_token: str | None = None
+    integrations_table: Annotated[str, _must("must be a string"), _fullmatch(
+        rf"{_IDENTIFIER}\.{_IDENTIFIER}",
+        f"must be schema.table, each part an SQL identifier matching ^{_IDENTIFIER}$",
+    )] = "healthcare.integrations"
+    """The desired state (SPEC 2)."""
+    own_schema: Annotated[str, _must("must be a string"), _fullmatch(
+        _IDENTIFIER, f"must be an SQL identifier matching ^{_IDENTIFIER}$"
+    )] = Field("reconciler", validation_alias=AliasChoices("schema", "reconciler_schema"))
+    """The daemon's own schema (SPEC 2), read as `schema`."""
+    events_channel: Annotated[str, _must("must be a string")] = "whatsapp:instance-events"
+    """The Redis pub/sub channel of events (SPEC 5)."""
+    events_stream: Annotated[str, _must("must be a string")] | None = None
+    """The Redis stream of events; None: the channel name with `:stream` (SPEC 5)."""
+    http_addr: Annotated[tuple[str, int], NoDecode, BeforeValidator(_address)] = ("0.0.0.0", 9478)
+    """Where metrics, health and webhooks listen (SPEC 6)."""
+    webhook_token: Annotated[str, _must("must be a string"), BeforeValidator(_secret), _fullmatch(
+        r"[A-Za-z0-9._~-]+", "must hold only letters, digits and - . _ ~ (it is part of a URL path)"
+    )] | None = None
     """The `{token}` of Evolution's webhook URL (SPEC 4.6); None refuses every webhook."""
-    log_format: str | None = None
+    log_format: Annotated[Literal["json", "console"], BeforeValidator(_lower),
+                          _must("must be one of json, console")] | None = None
     """"json", "console", or None: console on a terminal, json otherwise."""
-    log_level: str = "info"
-    config_file: str | None = None
-    """The TOML file the settings were read from, if any."""
-    warnings: tuple[str, ...] = ()
+    log_level: Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower),
+                         _must("must be one of debug, info, warning, error")] = "info"
+    config_file: str | None = Field(None, exclude=True)
+    """The TOML file the settings were read from, if any (not a setting)."""
+    warnings: tuple[str, ...] = Field((), exclude=True)
     """Problems that do not stop the daemon (unknown RECONCILER_* variables): worth a log line."""
+
+    @property
+    def schema(self) -> str:  # type: ignore[override]  # BaseModel.schema is deprecated
+        return self.own_schema
+
+    @property
+    def http_host(self) -> str:
+        return self.http_addr[0]
+
+    @property
+    def http_port(self) -> int:
+        return self.http_addr[1]
 
     def policy(self, *, allow_mass_deletion: bool = False, mode: Mode | None = None) -> Policy:
         return Policy(
@@ -124,14 +319,23 @@ class Settings:
             allow_mass_deletion=allow_mass_deletion,
         )
 
-    def __repr__(self) -> str:
-        def shown(name: str) -> object:
-            value = getattr(self, name)
-            if name in ("database_url", "redis_url"):
-                return safe_url(value)
-            return MASK if name == "webhook_token" and value is not None else value
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            if name == "webhook_token" and value is not None:
+                value = MASK
+            yield name, safe_url(value) if name in ("database_url", "redis_url") else value
 
-        return f"Settings({', '.join(f'{f.name}={shown(f.name)!r}' for f in fields(self))})"
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """`load_settings` reads the sources, since it is given the environment to read."""
+        return (init_settings,)
 
 
 # --- secrets in text -----------------------------------------------------------------------------
@@ -145,16 +349,13 @@ def safe_url(url: str) -> str:
 
 def redact(text: str, settings: Settings | None = None) -> str:
     """Masks every secret of `settings` (as given and URL-encoded) and any password in a URL."""
-    secrets = _secrets(settings) if settings is not None else set()
-    for secret in sorted(secrets, key=len, reverse=True):
+    for secret in sorted(_secrets(settings) if settings else (), key=len, reverse=True):
         text = text.replace(secret, MASK)
     return safe_url(text)
 
 
 def _secrets(settings: Settings) -> set[str]:
-    found = {server.api_key for server in settings.servers}
-    if settings.webhook_token is not None:
-        found.add(settings.webhook_token)
+    found = {server.api_key for server in settings.servers} | {settings.webhook_token or ""}
     for url in (settings.database_url, settings.redis_url):
         found.update(m[0][len(m["head"]) : -1] for m in _URL_PASSWORD.finditer(url))
         found.update(m[0][len(m["head"]) :] for m in _QUERY_PASSWORD.finditer(url))
@@ -162,278 +363,110 @@ def _secrets(settings: Settings) -> set[str]:
     return {s for s in found | variants if s}
 
 
-# --- validators: each raises _Invalid with what the value must be --------------------------------
+# --- sources, in priority order --------------------------------------------------------------
+
+_KEYS = tuple("schema" if name == "own_schema" else name for name in Settings.model_fields
+              if name not in ("servers", "config_file", "warnings"))
+_VARIABLES = {ENV_PREFIX + key.upper(): key for key in _KEYS}
+_KNOWN = {CONFIG_VARIABLE, *_VARIABLES, *(f"{ENV_PREFIX}{k.upper()}_FILE" for k in _SECRETS)}
+_Named = tuple[dict[str, Any], Callable[[str], str]]
+"""Values of one source, and how a message names the place a key came from."""
 
 
-class _Invalid(ValueError):
-    """A value is wrong; the message says what it must be (never what it was, if secret)."""
+class _Environment(EnvSettingsSource):
+    """The settings among `environ` (given, so that the demo and tests leave os.environ alone)."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        super().__init__(Settings)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {name.lower(): value for name, value in self.environ.items()
+                if name in _VARIABLES and value}
 
 
-def _secret(value: object) -> object:
-    """Mounted secrets and `secretKeyRef`s end in a newline that must not reach the wire."""
-    if not isinstance(value, str):
-        return value
-    value = value.strip()
-    if not value:
-        raise _Invalid("must not be empty")
-    return value
+class _SecretFiles(PydanticBaseSettingsSource):
+    """Secrets read from the files that `_FILE` variables (or `*_file` TOML keys) name."""
+
+    def __init__(self, files: Mapping[str, object], base: Path | None, origin: Callable[[str], str],
+                 problems: list[str]) -> None:
+        super().__init__(Settings)
+        self.files, self.base, self.origin, self.problems = files, base, origin, problems
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values = {}
+        for key, name in self.files.items():
+            try:
+                values[key] = _read_secret(name, self.base)
+            except _Invalid as e:
+                self.problems.append(f"{self.origin(key)}: {e}")
+        return values
 
 
-def _header_value(value: str) -> str:
-    """httpx refuses (or crashes on) a header it cannot encode: say so before any request."""
-    if not _HEADER_VALUE.fullmatch(value):
-        raise _Invalid("must hold only printable ASCII characters (it is sent as an HTTP header)")
-    return value
-
-
-def _url_segment(value: str) -> str:
-    """Evolution is given the token inside its webhook URL, where nothing may need encoding."""
-    if not _URL_SEGMENT.fullmatch(value):
-        raise _Invalid("must hold only letters, digits and - . _ ~ (it is part of a URL path)")
-    return value
-
-
-def _not_bool(value: object) -> object:
-    if isinstance(value, bool):
-        raise ValueError("a boolean is not a number")
-    return value
-
-
-def _lower(value: object) -> object:
-    return value.lower() if isinstance(value, str) else value
-
-
-def _regex(value: object) -> object:
-    if not isinstance(value, str):
-        return value
+def _read_secret(name: object, base: Path | None) -> str:
+    if not isinstance(name, str):
+        raise _Invalid(f"must be a file path, got {_show(name)}")
+    path = Path(name) if base is None else base / name
     try:
-        return re.compile(value)
-    except re.error as e:
-        raise _Invalid(f"must be a valid regular expression ({e})") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise _Invalid(f"{path} is not UTF-8 text") from None
+    except OSError as e:
+        raise _Invalid(f"cannot read {path}: {e.strerror or e}") from None
+    if not text.strip():
+        raise _Invalid(f"{path} is empty")
+    return text
 
 
-def _protected(value: object) -> object:
-    entries = value.split(",") if isinstance(value, str) else value
-    if not isinstance(entries, list | tuple) or not all(isinstance(e, str) for e in entries):
-        return value
-    patterns = []
-    for entry in (e.strip() for e in entries):
-        if not entry:
-            continue
-        if _PLAIN_NAME.match(entry):
-            patterns.append(re.compile(f"^{re.escape(entry)}$"))
-            continue
-        if entry.count("{") != entry.count("}"):
-            raise _Invalid(
-                f'"{entry}" has unbalanced braces: a comma inside a regular expression (as in'
-                " {2,4}) splits it in two; write the repetition out or list the entries as a"
-                " TOML array"
-            )
-        try:
-            patterns.append(re.compile(entry))
-        except re.error as e:
-            raise _Invalid(
-                f'must be comma-separated names or regular expressions; "{entry}" is not a valid'
-                f" regular expression ({e})"
-            ) from None
-    return tuple(patterns)
-
-
-def _identifier(value: str) -> str:
-    if not _IDENTIFIER.match(value):
-        raise _Invalid(f"must be an SQL identifier matching {_IDENTIFIER.pattern}")
-    return value
-
-
-def _table(value: str) -> str:
-    parts = value.split(".")
-    if len(parts) != 2 or not all(_IDENTIFIER.match(p) for p in parts):
-        raise _Invalid(
-            f"must be schema.table, each part an SQL identifier matching {_IDENTIFIER.pattern}"
-        )
-    return value
-
-
-def _server_name(value: str) -> str:
-    if not _SERVER_NAME.match(value):
-        raise _Invalid(f"must match {_SERVER_NAME.pattern}")
-    return value
-
-
-def _valid_port(parts: SplitResult) -> bool:
+def _read_config(env: Mapping[str, str], problems: list[str]) -> tuple[Path, dict[str, Any]]:
+    """The TOML file; the source skips one it cannot find, so open it first to say why."""
+    path = Path(env.get(CONFIG_VARIABLE) or os.devnull)
     try:
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError:
-        return False
-    return True
+        path.open("rb").close()
+        return path, TomlConfigSettingsSource(Settings, toml_file=path)()
+    except OSError as e:
+        problems.append(f"{CONFIG_VARIABLE}: cannot read {path}: {e.strerror or e}")
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        problems.append(f"{CONFIG_VARIABLE}: {path} is not valid TOML ({e})")
+    return path, {}
 
 
-def _http_url(value: str) -> str:
-    parts = urlsplit(value)
-    if not _valid_port(parts):
-        raise _Invalid("must be an http:// or https:// URL with a valid port")
-    if parts.scheme not in ("http", "https") or not parts.hostname or re.search(r"\s", value):
-        raise _Invalid("must be an http:// or https:// URL with a host")
-    if parts.username is not None or parts.password is not None:
-        raise _Invalid("must not contain credentials (the API key is a setting of its own)")
-    if "?" in value or "#" in value:
-        raise _Invalid("must not have a query string or fragment")
-    return value.rstrip("/")
-
-
-def _database_url(value: str) -> str:
-    if urlsplit(value).scheme not in ("postgres", "postgresql") or "://" not in value:
-        raise _Invalid("must be a postgres:// or postgresql:// URL")
-    return value
-
-
-def _redis_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme in ("redis", "rediss") and parts.hostname and _valid_port(parts):
-        return value
-    if parts.scheme == "unix" and parts.path:
-        return value
-    raise _Invalid("must be a redis:// or rediss:// URL with a host, or a unix:// socket URL")
-
-
-def _address(value: object) -> object:
-    if not isinstance(value, str):
-        return value
-    host, _, port = value.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host or "[" in host or "]" in host:
-        host = ""
-    if not host or not _PORT.match(port) or int(port) > 65535:
-        raise _Invalid("must be host:port (an IPv6 host in brackets) with a port 0-65535")
-    return (host, int(port))
-
-
-_Positive = Annotated[float, BeforeValidator(_not_bool), Field(gt=0, allow_inf_nan=False)]
-_NonNegative = Annotated[float, BeforeValidator(_not_bool), Field(ge=0, allow_inf_nan=False)]
-_Fraction = Annotated[float, BeforeValidator(_not_bool), Field(gt=0, le=1)]
-_D = Settings(database_url="", redis_url="", servers=())
-
-
-class _Values(BaseModel):
-    """The scalar settings; each key is a TOML key and, upper-cased and prefixed, a variable."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    database_url: Annotated[
-        str, BeforeValidator(_secret), AfterValidator(_database_url)
-    ] | None = Field(None, description="must be a postgres:// or postgresql:// URL")
-    redis_url: Annotated[str, BeforeValidator(_secret), AfterValidator(_redis_url)] | None = Field(
-        None, description="must be a redis://, rediss:// or unix:// URL"
-    )
-    mode: Mode = Field(_D.mode, description="must be one of dry_run, enforce")
-    interval_seconds: _Positive = Field(_D.interval_seconds, description="must be a number > 0")
-    managed_pattern: Annotated[re.Pattern[str], BeforeValidator(_regex)] = Field(
-        _D.managed_pattern, description="must be a regular expression"
-    )
-    protected: Annotated[tuple[re.Pattern[str], ...], BeforeValidator(_protected)] = Field(
-        _D.protected, description="must be comma-separated names or regular expressions"
-    )
-    orphan_grace_seconds: _NonNegative = Field(
-        _D.orphan_grace_seconds, description="must be a number >= 0"
-    )
-    orphan_confirmations: Annotated[int, BeforeValidator(_not_bool), Field(ge=1)] = Field(
-        _D.orphan_confirmations, description="must be a whole number >= 1"
-    )
-    max_deletions: Annotated[int, BeforeValidator(_not_bool), Field(ge=0)] = Field(
-        _D.max_deletions, description="must be a whole number >= 0"
-    )
-    max_deletion_fraction: _Fraction = Field(
-        _D.max_deletion_fraction, description="must be a fraction in (0, 1]"
-    )
-    disconnect_after_seconds: _NonNegative = Field(
-        _D.disconnect_after_seconds, description="must be a number >= 0"
-    )
-    mass_disconnect_fraction: _Fraction = Field(
-        _D.mass_disconnect_fraction, description="must be a fraction in (0, 1]"
-    )
-    probe_rps: _Positive = Field(_D.probe_rps, description="must be a number > 0")
-    probe_interval_seconds: _Positive = Field(
-        _D.probe_interval_seconds, description="must be a number > 0"
-    )
-    http_timeout_seconds: _Positive = Field(
-        _D.http_timeout_seconds, description="must be a number > 0"
-    )
-    shutdown_seconds: _Positive = Field(_D.shutdown_seconds, description="must be a number > 0")
-    integrations_table: Annotated[str, AfterValidator(_table)] = Field(
-        _D.integrations_table, description="must be schema.table"
-    )
-    own_schema: Annotated[str, AfterValidator(_identifier)] = Field(
-        _D.schema, alias="schema", description="must be an SQL identifier"
-    )
-    events_channel: str = Field(_D.events_channel, description="must be a string")
-    events_stream: str | None = Field(_D.events_stream, description="must be a string")
-    webhook_token: Annotated[
-        str, BeforeValidator(_secret), AfterValidator(_url_segment)
-    ] | None = Field(_D.webhook_token, description="must be a string")
-    http_addr: Annotated[tuple[str, int], BeforeValidator(_address)] = Field(
-        (_D.http_host, _D.http_port), description="must be host:port"
-    )
-    log_format: Annotated[Literal["json", "console"], BeforeValidator(_lower)] | None = Field(
-        None, description="must be one of json, console"
-    )
-    log_level: Annotated[
-        Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)
-    ] = Field("info", description="must be one of debug, info, warning, error")
-
-
-class _Server(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: Annotated[str, AfterValidator(_server_name)] = Field(description="must be a string")
-    url: Annotated[str, AfterValidator(_http_url)] = Field(description="must be a URL")
-    api_key: Annotated[str, BeforeValidator(_secret), AfterValidator(_header_value)] = Field(
-        description="must be a string"
-    )
-    version: Literal["auto", "v1", "v2"] = Field("auto", description="must be one of auto, v1, v2")
-
-
-_FIELDS = {f.alias or name: f for name, f in _Values.model_fields.items()}
-_SERVER_FIELDS = {f.alias or name: f for name, f in _Server.model_fields.items()}
-_SECRET_SETTINGS = frozenset({"database_url", "redis_url", "evolution_api_key", "webhook_token"})
-_HIDDEN = _SECRET_SETTINGS | {"api_key"}
-"""Keys whose values a message never shows."""
-_KEYS = (*_FIELDS, "evolution_url", "evolution_api_key")
-_TOML_KEYS = frozenset({*_KEYS, *(f"{k}_file" for k in _SECRET_SETTINGS), "servers"})
-_SERVER_TOML_KEYS = frozenset({*_SERVER_FIELDS, "api_key_file"})
-_ENV_NAMES = frozenset(
-    {CONFIG_VARIABLE}
-    | {ENV_PREFIX + k.upper() for k in _KEYS}
-    | {ENV_PREFIX + k.upper() + "_FILE" for k in _SECRET_SETTINGS}
-)
+def _layers(env: Mapping[str, str], path: Path, doc: dict[str, Any], failed: set[str],
+            problems: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The values of every source, the first that sets a key winning, and where each came from."""
+    var = {key: ENV_PREFIX + key.upper() for key in (*_KEYS, *doc)}
+    pairs: list[tuple[_Named, Mapping[str, object], Callable[[str], str], Path | None]] = [
+        ((_Environment(env)(), var.__getitem__),
+         {k: env.get(f"{var[k]}_FILE") for k in _SECRETS}, lambda k: f"{var[k]}_FILE", None),
+        (({k: v for k, v in doc.items() if k != "servers" and v != ""
+           and not (k.endswith("_file") and k[:-5] in _SECRETS)},
+          lambda k: f"{var[k]} ({k} in {path})"),
+         {k: doc.get(f"{k}_file") for k in _SECRETS},
+         lambda k: f"{var[k]}_FILE ({k}_file in {path})", path.parent),
+    ]
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for (given, named), files, file_origin, base in pairs:
+        files = {k: name for k, name in files.items() if name not in (None, "")}
+        for key in given.keys() & files.keys():
+            problems.append(f"{named(key)}, {file_origin(key)}: both are set; set only one")
+            failed.add(key)
+            del given[key], files[key]
+        files = {k: name for k, name in files.items() if k not in values}
+        failed.update(files)
+        read = _SecretFiles(files, base, file_origin, problems)()
+        failed.difference_update(read)
+        for source, origin in ((given, named), (read, file_origin)):
+            for key, value in source.items():
+                if key not in values:
+                    values[key], origins[key] = value, origin(key)
+    return values, origins
 
 
 # --- loading ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Found:
-    value: object
-    origin: str
-    """Where the value came from, as messages name it: `RECONCILER_MODE (mode in /etc/r.toml)`."""
-
-
-@dataclass(frozen=True)
-class _Toml:
-    path: Path
-    values: Mapping[str, Any]
-
-
-@dataclass
-class _Problems:
-    """Collects every problem, and the keys that already have one (so "required" is not added)."""
-
-    messages: list[str] = field(default_factory=list)
-    keys: set[str] = field(default_factory=set)
-
-    def add(self, message: str, key: str = "") -> None:
-        self.messages.append(message)
-        self.keys.add(key)
 
 
 def load_settings(
@@ -441,265 +474,111 @@ def load_settings(
 ) -> Settings:
     """Reads and validates every setting; raises `SettingsError` listing every problem."""
     env = os.environ if environ is None else environ
-    problems = _Problems()
-    doc = _read_config(env, problems)
-    found: dict[str, _Found] = {}
-    for key in _KEYS:
-        try:
-            value = _lookup(key, env, doc)
-        except _Invalid as e:
-            problems.add(str(e), key)
-            continue
-        if value is not None:
-            found[key] = value
-
-    values = _validate_values(found, problems)
-    servers = _servers(found, doc, problems)
-    if require_services:
-        for key in ("database_url", "redis_url"):
-            if key not in found and key not in problems.keys:
-                name = ENV_PREFIX + key.upper()
-                problems.add(f"{name}: required (or {name}_FILE)", key)
-        if not servers and "evolution_url" not in found and "servers" not in problems.keys:
-            problems.add(
-                f"{ENV_PREFIX}EVOLUTION_URL: required unless the file named by {CONFIG_VARIABLE}"
-                " lists [[servers]]"
-            )
-    if problems.messages or values is None:
-        raise SettingsError(problems.messages)
-    return Settings(
-        database_url=values.database_url or "",
-        redis_url=values.redis_url or "",
-        servers=servers,
-        mode=values.mode,
-        interval_seconds=values.interval_seconds,
-        managed_pattern=values.managed_pattern,
-        protected=values.protected,
-        orphan_grace_seconds=values.orphan_grace_seconds,
-        orphan_confirmations=values.orphan_confirmations,
-        max_deletions=values.max_deletions,
-        max_deletion_fraction=values.max_deletion_fraction,
-        disconnect_after_seconds=values.disconnect_after_seconds,
-        mass_disconnect_fraction=values.mass_disconnect_fraction,
-        probe_rps=values.probe_rps,
-        probe_interval_seconds=values.probe_interval_seconds,
-        http_timeout_seconds=values.http_timeout_seconds,
-        shutdown_seconds=values.shutdown_seconds,
-        integrations_table=values.integrations_table,
-        schema=values.own_schema,
-        events_channel=values.events_channel,
-        events_stream=values.events_stream,
-        webhook_token=values.webhook_token,
-        http_host=values.http_addr[0],
-        http_port=values.http_addr[1],
-        log_format=values.log_format,
-        log_level=values.log_level,
-        config_file=str(doc.path) if doc is not None else None,
-        warnings=tuple(
-            f"{name}: unknown setting, ignored"
-            for name in sorted(env)
-            if name.startswith(ENV_PREFIX) and name not in _ENV_NAMES
-        ),
-    )
-
-
-def _read_config(env: Mapping[str, str], problems: _Problems) -> _Toml | None:
-    name = env.get(CONFIG_VARIABLE)
-    if not name:
-        return None
-    path = Path(name)
+    problems: list[str] = []
+    failed: set[str] = set()
+    """Keys that already have a problem, so that "required" is not said on top."""
+    path, doc = _read_config(env, problems) if env.get(CONFIG_VARIABLE) else (Path(), {})
+    values, origins = _layers(env, path, doc, failed, problems)
+    listed = doc.get("servers")
+    servers = _servers(listed, path, failed, problems) if listed else ()
+    settings = None
     try:
-        with path.open("rb") as f:
-            values = tomllib.load(f)
-    except OSError as e:
-        problems.add(f"{CONFIG_VARIABLE}: cannot read {path}: {e.strerror or e}", "config")
-        return None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        problems.add(f"{CONFIG_VARIABLE}: {path} is not valid TOML ({e})", "config")
-        return None
-    for key in values:
-        if key not in _TOML_KEYS:
-            problems.add(f"{key} (in {path}): unknown setting", key)
-    return _Toml(path, values)
-
-
-def _lookup(key: str, env: Mapping[str, str], doc: _Toml | None) -> _Found | None:
-    """One setting: the environment wins over the file; a secret may come from a file."""
-    var = ENV_PREFIX + key.upper()
-    secret = key in _SECRET_SETTINGS
-    from_env = _pick(
-        env.get(var),
-        env.get(f"{var}_FILE") if secret else None,
-        value_origin=var,
-        file_origin=f"{var}_FILE",
-        base=None,
-    )
-    if from_env is not None or doc is None:
-        return from_env
-    return _pick(
-        doc.values.get(key),
-        doc.values.get(f"{key}_file") if secret else None,
-        value_origin=f"{var} ({key} in {doc.path})",
-        file_origin=f"{var}_FILE ({key}_file in {doc.path})",
-        base=doc.path.parent,
-    )
-
-
-def _pick(
-    value: object, file: object, *, value_origin: str, file_origin: str, base: Path | None
-) -> _Found | None:
-    value = None if value == "" else value
-    file = None if file == "" else file
-    if value is not None and file is not None:
-        raise _Invalid(f"{value_origin}, {file_origin}: both are set; set only one")
-    if file is not None:
-        return _Found(_read_secret(file, file_origin, base), file_origin)
-    return None if value is None else _Found(value, value_origin)
-
-
-def _read_secret(name: object, origin: str, base: Path | None) -> str:
-    """A mounted secret: the file's text (validation trims it)."""
-    if not isinstance(name, str):
-        raise _Invalid(f"{origin}: must be a file path, got {_show(name)}")
-    path = Path(name) if base is None else base / name
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise _Invalid(f"{origin}: {path} is not UTF-8 text") from None
-    except OSError as e:
-        raise _Invalid(f"{origin}: cannot read {path}: {e.strerror or e}") from None
-    if not text.strip():
-        raise _Invalid(f"{origin}: {path} is empty")
-    return text
-
-
-def _validate_values(found: Mapping[str, _Found], problems: _Problems) -> _Values | None:
-    raw = {key: f.value for key, f in found.items() if key in _FIELDS}
-    try:
-        return _Values.model_validate(raw)
+        settings = Settings(
+            **values, servers=servers, config_file=str(path) if doc else None, warnings=tuple(
+                f"{name}: unknown setting, ignored" for name in sorted(env)
+                if name.startswith(ENV_PREFIX) and name not in _KNOWN))
     except ValidationError as e:
-        for key, message in _messages(e, found, _FIELDS).items():
-            problems.add(message, key)
-        return None
+        explained = _explain(e, origins.__getitem__, lambda k: f"{k} (in {path}): unknown setting")
+        problems.extend(explained.values())
+        failed.update(explained)
+    url, key = origins.get("evolution_url"), origins.get("evolution_api_key")
+    if listed:
+        if url:
+            problems.append(f"{url}: set while {path} lists [[servers]]")
+        if key:
+            problems.append(f"{key}: set while {path} lists [[servers]]; give each its api_key")
+    elif key and not url:
+        problems.append(f"{key}: set without {ENV_PREFIX}EVOLUTION_URL")
+    elif url and not key and "evolution_api_key" not in failed:
+        problems.append(f"{ENV_PREFIX}EVOLUTION_API_KEY: required with {ENV_PREFIX}EVOLUTION_URL"
+                        f" (or {ENV_PREFIX}EVOLUTION_API_KEY_FILE)")
+    if require_services:
+        for name in ("database_url", "redis_url"):
+            if name not in origins and name not in failed:
+                var = ENV_PREFIX + name.upper()
+                problems.append(f"{var}: required (or {var}_FILE)")
+        if not listed and not url and "servers" not in failed:
+            problems.append(f"{ENV_PREFIX}EVOLUTION_URL: required unless the file named by"
+                            f" {CONFIG_VARIABLE} lists [[servers]]")
+    if problems or settings is None:
+        raise SettingsError(problems)
+    if settings.evolution_url and settings.evolution_api_key and not listed:
+        single = ServerConfig(
+            DEFAULT_SERVER_NAME, settings.evolution_url, settings.evolution_api_key
+        )
+        return settings.model_copy(update={"servers": (single,)})
+    return settings
 
 
-def _servers(
-    found: Mapping[str, _Found], doc: _Toml | None, problems: _Problems
-) -> tuple[ServerConfig, ...]:
-    url, key = found.get("evolution_url"), found.get("evolution_api_key")
-    listed = doc.values.get("servers") if doc is not None else None
-    if doc is not None and listed:
-        if url is not None:
-            problems.add(f"{url.origin}: set while {doc.path} lists [[servers]]", "evolution_url")
-        if key is not None:
-            problems.add(
-                f"{key.origin}: set while {doc.path} lists [[servers]]; give each its api_key",
-                "evolution_api_key",
-            )
-        return _listed_servers(listed, doc, problems)
-    if url is None:
-        if key is not None:
-            problems.add(
-                f"{key.origin}: set without {ENV_PREFIX}EVOLUTION_URL", "evolution_api_key"
-            )
-        return ()
-    if key is None:
-        if "evolution_api_key" not in problems.keys:
-            problems.add(
-                f"{ENV_PREFIX}EVOLUTION_API_KEY: required with {ENV_PREFIX}EVOLUTION_URL"
-                f" (or {ENV_PREFIX}EVOLUTION_API_KEY_FILE)",
-                "evolution_api_key",
-            )
-        return ()
-    server = _server(
-        {"name": _Found(DEFAULT_SERVER_NAME, "name"), "url": url, "api_key": key}, problems
-    )
-    return () if server is None else (server,)
-
-
-def _listed_servers(listed: object, doc: _Toml, problems: _Problems) -> tuple[ServerConfig, ...]:
+def _servers(listed: object, path: Path, failed: set[str],
+             problems: list[str]) -> tuple[ServerConfig, ...]:
+    """The `[[servers]]` tables, each validated on its own so a message can say which it is."""
     if not isinstance(listed, list) or not all(isinstance(s, dict) for s in listed):
-        problems.add(f"servers (in {doc.path}): must be a list of [[servers]] tables", "servers")
+        failed.add("servers")
+        problems.append(f"servers (in {path}): must be a list of [[servers]] tables")
         return ()
+    count = len(problems)
     servers: list[ServerConfig] = []
     for number, table in enumerate(listed, start=1):
-        where = f"of [[servers]] #{number} in {doc.path}"
-        entry: dict[str, _Found] = {}
-        for key, value in table.items():
-            if key not in _SERVER_TOML_KEYS:
-                problems.add(f"{key} {where}: unknown key", "servers")
-            elif key in _SERVER_FIELDS:
-                entry[key] = _Found(value, f"{key} {where}")
+        where = f"of [[servers]] #{number} in {path}"
+        api_key = {k: table.pop(k) for k in ("api_key", "api_key_file") if k in table}
+        if len(api_key) == 2:
+            problems.append(f"api_key {where}, api_key_file {where}: both are set; set only one")
+            continue
         try:
-            api_key = _pick(
-                table.get("api_key"),
-                table.get("api_key_file"),
-                value_origin=f"api_key {where}",
-                file_origin=f"api_key_file {where}",
-                base=doc.path.parent,
-            )
+            if "api_key_file" in api_key:
+                api_key = {"api_key": _read_secret(api_key["api_key_file"], path.parent)}
+            server = ServerConfig(**table, **api_key)
         except _Invalid as e:
-            problems.add(str(e), "servers")
+            problems.append(f"api_key_file {where}: {e}")
             continue
-        if api_key is None:
-            problems.add(f"api_key {where}: required (api_key or api_key_file)", "servers")
-            continue
-        server = _server({**entry, "api_key": api_key}, problems, where)
-        if server is None:
+        except ValidationError as e:
+            problems.extend(_explain(e, lambda k, w=where: f"{k} {w}",
+                                     lambda k, w=where: f"{k} {w}: unknown key").values())
             continue
         for other in servers:
             if server.name == other.name:
-                problems.add(f'name {where}: server name "{server.name}" is used twice', "servers")
+                problems.append(f'name {where}: server name "{server.name}" is used twice')
             elif server.url == other.url:
-                problems.add(f'url {where}: same URL as server "{other.name}"', "servers")
+                problems.append(f'url {where}: same URL as server "{other.name}"')
         servers.append(server)
+    if len(problems) > count:
+        failed.add("servers")
     return tuple(servers)
 
 
-def _server(
-    entry: Mapping[str, _Found], problems: _Problems, where: str = ""
-) -> ServerConfig | None:
-    try:
-        server = _Server.model_validate({key: f.value for key, f in entry.items()})
-    except ValidationError as e:
-        for message in _messages(e, entry, _SERVER_FIELDS, where).values():
-            problems.add(message, "servers")
-        return None
-    return ServerConfig(name=server.name, url=server.url, api_key=server.api_key,
-                        version=server.version)
-
-
-def _messages(
-    error: ValidationError,
-    found: Mapping[str, _Found],
-    described: Mapping[str, FieldInfo],
-    where: str = "",
-) -> dict[str, str]:
-    """One message per key: its origin, what it must be, and what it was unless secret."""
+def _explain(error: ValidationError, origin: Callable[[str], str],
+             unknown: Callable[[str], str]) -> dict[str, str]:
+    """One message per key: where it came from, what it must be, and what it was unless secret."""
     messages: dict[str, str] = {}
     for detail in error.errors():
         key = str(detail["loc"][0])
+        cause = (detail.get("ctx") or {}).get("error")
         if key in messages:
             continue
-        origin = found[key].origin if key in found else f"{key} {where}".rstrip()
-        if detail["type"] == "missing":
-            messages[key] = f"{origin}: required"
-            continue
-        message = f"{origin}: {_requirement(detail, described[key].description or 'is invalid')}"
-        if key not in _HIDDEN:
-            message += f", got {_show(found[key].value)}"
-        messages[key] = message
+        if detail["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+            messages[key] = unknown(key)
+        elif detail["type"] == "missing":
+            either = " (api_key or api_key_file)" if key == "api_key" else ""
+            messages[key] = f"{origin(key)}: required{either}"
+        else:
+            must = cause if isinstance(cause, _Invalid) else "is invalid"
+            shown = "" if key in _HIDDEN else f", got {_show(detail['input'])}"
+            messages[key] = f"{origin(key)}: {must}{shown}"
     return messages
-
-
-def _requirement(detail: ErrorDetails, description: str) -> str:
-    cause = (detail.get("ctx") or {}).get("error")
-    return str(cause) if isinstance(cause, _Invalid) else description
 
 
 def _show(value: object) -> str:
     if isinstance(value, str):
         return f'"{safe_url(value)}"'
-    if isinstance(value, bool):
-        return str(value).lower()
-    return safe_url(repr(value))
+    return str(value).lower() if isinstance(value, bool) else safe_url(repr(value))
