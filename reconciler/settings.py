@@ -543,8 +543,8 @@ def _servers(listed: object, path: Path, failed: set[str],
             problems.append(f"api_key_file {where}: {e}")
             continue
         except ValidationError as e:
-            problems.extend(_explain(e, lambda k, w=where: f"{k} {w}",
-                                     lambda k, w=where: f"{k} {w}: unknown key").values())
+            explained = _explain(e, f"{{}} {where}".format, f"{{}} {where}: unknown key".format)
+            problems.extend(explained.values())
             continue
         for other in servers:
             if server.name == other.name:
