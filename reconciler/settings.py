@@ -1,13 +1,6 @@
-"""Settings of SPEC section 8 on pydantic-settings: the environment, then its `_FILE` secrets, then
-the TOML file named by `RECONCILER_CONFIG`, then that file's `*_file` secrets (relative to it).
-
-Every problem is reported at once, naming the variable (and the TOML key when the value came from
-the file), so the command line can exit 2 with a message an operator can act on. Secret values
-never appear in a message or a repr. An empty variable counts as unset. `RECONCILER_PROTECTED` is
-comma-separated (in TOML also an array): a plain name protects exactly that instance, any other
-entry is a regular expression used with `search`. Every secret loses its surrounding whitespace:
-a mounted file or a `secretKeyRef` often ends in a newline that would otherwise reach the wire.
-"""
+"""Settings of SPEC 8 on pydantic-settings. Sources, first wins: the environment, its `_FILE`
+secrets, the TOML file named by `RECONCILER_CONFIG`, its `*_file` secrets (relative to it).
+Every problem is reported at once, naming the variable (and the TOML key); secrets never show."""
 
 from __future__ import annotations
 
@@ -24,23 +17,16 @@ from pydantic import (
     AfterValidator,
     AliasChoices,
     BeforeValidator,
-    ConfigDict,
     Field,
     ValidationError,
-    ValidatorFunctionWrapHandler,
     WrapValidator,
 )
 from pydantic.dataclasses import dataclass
-from pydantic_settings import (
-    BaseSettings,
-    EnvSettingsSource,
-    NoDecode,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, TomlConfigSettingsSource
+from pydantic_settings import PydanticBaseSettingsSource as Source
 
 from reconciler.model import Mode, Policy
+from reconciler.store.names import check_identifier
 
 ENV_PREFIX = "RECONCILER_"
 CONFIG_VARIABLE = "RECONCILER_CONFIG"
@@ -49,10 +35,12 @@ MASK = "***"
 _POLICY = Policy()
 DEFAULT_MANAGED_PATTERN = _POLICY.managed_pattern.pattern
 _SECRETS = ("database_url", "redis_url", "evolution_api_key", "webhook_token")
-_POSTGRES = "must be a postgres:// or postgresql:// URL"
 _HIDDEN = frozenset({*_SECRETS, "api_key"})
 """Keys whose values a message never shows."""
-_IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]{0,62}"
+_INTERNAL = ("servers", "config_file", "warnings")
+"""Fields that are not settings of their own."""
+_POSTGRES = "must be a postgres:// or postgresql:// URL"
+_IDENTIFIER = "an SQL identifier matching ^[A-Za-z_][A-Za-z0-9_]{0,62}$"
 _URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/?#@]*:)[^\s/?#]+@")
 _QUERY_PASSWORD = re.compile(r"(?i)(?P<head>[?&](?:ssl)?password=)[^&\s#]+")
 
@@ -69,36 +57,39 @@ class _Invalid(ValueError):
     """A value is wrong; the message says what it must be (never what it was, if secret)."""
 
 
-# --- validators: each raises _Invalid with what the value must be --------------------------------
-
-
 def _must(requirement: str) -> WrapValidator:
     """Any failure of the inner validation (type, bounds, booleans) is said as `requirement`."""
 
-    def check(value: object, inner: ValidatorFunctionWrapHandler) -> object:
-        if isinstance(value, bool):  # pydantic would read TOML `true` as the number 1
-            raise _Invalid(requirement)
+    def check(value: object, inner: Callable[[object], object]) -> object:
         try:
-            return inner(value)
+            if not isinstance(value, bool):  # pydantic would read TOML `true` as the number 1
+                return inner(value)
         except ValidationError:
-            raise _Invalid(requirement) from None
+            pass
+        raise _Invalid(requirement)
 
     return WrapValidator(check)
 
 
-def _check(test: Callable[[str], object], requirement: str) -> AfterValidator:
-    """A string for which `test` is falsy is wrong: it must be `requirement`."""
+def _check(test: Callable[[str], object] | str, requirement: str) -> AfterValidator:
+    """A string failing `test` (a predicate, or a regex it must match in full) is wrong."""
+    passes = re.compile(test).fullmatch if isinstance(test, str) else test
 
     def check(value: str) -> str:
-        if not test(value):
+        if not passes(value):
             raise _Invalid(requirement)
         return value
 
     return AfterValidator(check)
 
 
-def _fullmatch(pattern: str, requirement: str) -> AfterValidator:
-    return _check(re.compile(pattern).fullmatch, requirement)
+def _identifiers(value: str, count: int) -> bool:
+    """`count` dot-separated SQL identifiers, by the store's check (its `$` passes a final \\n)."""
+    parts = value.split(".")
+    try:
+        return len(parts) == count and all(check_identifier(p, "") and "\n" not in p for p in parts)
+    except ValueError:
+        return False
 
 
 def _secret(value: object) -> object:
@@ -106,10 +97,6 @@ def _secret(value: object) -> object:
     if isinstance(value, str) and not value.strip():
         raise _Invalid("must not be empty")
     return value.strip() if isinstance(value, str) else value
-
-
-def _lower(value: object) -> object:
-    return value.lower() if isinstance(value, str) else value
 
 
 def _regex(value: object, entry: str = "") -> re.Pattern[str]:
@@ -131,17 +118,21 @@ def _protected(value: object) -> tuple[re.Pattern[str], ...]:
         raise _Invalid("must be comma-separated names or regular expressions")
     patterns = []
     for entry in (e.strip() for e in entries if e.strip()):
-        if re.fullmatch(r"[A-Za-z0-9_-]+", entry):
-            patterns.append(re.compile(f"^{re.escape(entry)}$"))
-        elif entry.count("{") != entry.count("}"):
-            raise _Invalid(
-                f'"{entry}" has unbalanced braces: a comma inside a regular expression (as in'
-                " {2,4}) splits it in two; write the repetition out or list the entries as a"
-                " TOML array"
-            )
-        else:
-            patterns.append(_regex(entry, entry))
+        if entry.count("{") != entry.count("}"):
+            raise _Invalid(f'"{entry}" has unbalanced braces: a comma inside a regular expression'
+                           " (as in {2,4}) splits it in two; write the repetition out or list the"
+                           " entries as a TOML array")
+        plain = re.fullmatch(r"[A-Za-z0-9_-]+", entry)
+        patterns.append(re.compile(f"^{entry}$") if plain else _regex(entry, entry))
     return tuple(patterns)
+
+
+def _has_valid_port(url: str) -> bool:
+    try:
+        urlsplit(url).port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        return False
+    return True
 
 
 def _http_url(value: str) -> str:
@@ -158,21 +149,11 @@ def _http_url(value: str) -> str:
     return value.rstrip("/")
 
 
-def _redis_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme in ("redis", "rediss") and parts.hostname and _has_valid_port(value):
-        return value
-    if parts.scheme == "unix" and parts.path:
-        return value
-    raise _Invalid("must be a redis:// or rediss:// URL with a host, or a unix:// socket URL")
-
-
-def _has_valid_port(url: str) -> bool:
-    try:
-        urlsplit(url).port  # noqa: B018 - raises on a bad port
-    except ValueError:
-        return False
-    return True
+def _redis_url(url: str) -> bool:
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return bool(parts.path)
+    return bool(parts.scheme in ("redis", "rediss") and parts.hostname and _has_valid_port(url))
 
 
 def _address(value: object) -> tuple[str, int]:
@@ -186,20 +167,22 @@ def _address(value: object) -> tuple[str, int]:
     return (host, int(port))
 
 
+_Str = Annotated[str, _must("must be a string")]
 _Positive = Annotated[float, Field(gt=0, allow_inf_nan=False), _must("must be a number > 0")]
 _NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False), _must("must be a number >= 0")]
 _Fraction = Annotated[float, Field(gt=0, le=1), _must("must be a fraction in (0, 1]")]
-_ApiKey = Annotated[str, _must("must be a string"), BeforeValidator(_secret), _fullmatch(
+_ApiKey = Annotated[_Str, BeforeValidator(_secret), _check(
     r"[\x20-\x7e]+", "must hold only printable ASCII characters (it is sent as an HTTP header)")]
 _HttpUrl = Annotated[str, _must("must be an http:// or https:// URL"), AfterValidator(_http_url)]
+_Lower = BeforeValidator(lambda value: value.lower() if isinstance(value, str) else value)
 
 
-@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+@dataclass(frozen=True, config={"extra": "forbid"})
 class ServerConfig:
     """One Evolution API server (a `[[servers]]` table of the TOML file)."""
 
-    name: Annotated[str, _fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}",
-                                    "must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
+    name: Annotated[str, _check(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}",
+                                "must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
     """Names its metrics, logs and decisions; unique."""
     url: _HttpUrl
     """The base URL, without credentials, query string or fragment."""
@@ -216,17 +199,15 @@ class Settings(BaseSettings):
     """Every setting of SPEC 8, validated. Each field is a TOML key and, upper-cased with the
     prefix, a variable; the service URLs are "" only when not required."""
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, frozen=True, extra="forbid", validate_default=False,
-        use_attribute_docstrings=True,
-    )
+    model_config = {"env_prefix": ENV_PREFIX, "frozen": True, "extra": "forbid",
+                    "validate_default": False, "use_attribute_docstrings": True}
 
-    database_url: Annotated[str, _must(_POSTGRES), BeforeValidator(_secret), _check(
+    database_url: Annotated[_Str, BeforeValidator(_secret), _check(
         lambda url: urlsplit(url).scheme in ("postgres", "postgresql") and "://" in url,
         _POSTGRES)] = ""
     """The PostgreSQL DSN (or `RECONCILER_DATABASE_URL_FILE`)."""
-    redis_url: Annotated[str, _must("must be a redis://, rediss:// or unix:// URL"),
-                         BeforeValidator(_secret), AfterValidator(_redis_url)] = ""
+    redis_url: Annotated[_Str, BeforeValidator(_secret), _check(_redis_url, "must be a redis:// or"
+                         " rediss:// URL with a host, or a unix:// socket URL")] = ""
     """Redis for hints and events (or `RECONCILER_REDIS_URL_FILE`)."""
     evolution_url: _HttpUrl | None = Field(None, repr=False)
     """The single server, named `default`, when the TOML file lists no `[[servers]]`."""
@@ -264,29 +245,27 @@ class Settings(BaseSettings):
     """Per request to Evolution (listing a large server is slow)."""
     shutdown_seconds: _Positive = 10.0
     """From SIGTERM to exit, whatever a server is doing (SPEC 7)."""
-    integrations_table: Annotated[str, _must("must be a string"), _fullmatch(
-        rf"{_IDENTIFIER}\.{_IDENTIFIER}",
-        f"must be schema.table, each part an SQL identifier matching ^{_IDENTIFIER}$",
+    integrations_table: Annotated[_Str, _check(
+        lambda v: _identifiers(v, 2), f"must be schema.table, each part {_IDENTIFIER}",
     )] = "healthcare.integrations"
     """The desired state (SPEC 2)."""
-    own_schema: Annotated[str, _must("must be a string"), _fullmatch(
-        _IDENTIFIER, f"must be an SQL identifier matching ^{_IDENTIFIER}$"
-    )] = Field("reconciler", validation_alias=AliasChoices("schema", "reconciler_schema"))
-    """The daemon's own schema (SPEC 2), read as `schema`."""
-    events_channel: Annotated[str, _must("must be a string")] = "whatsapp:instance-events"
+    own_schema: Annotated[_Str, _check(lambda v: _identifiers(v, 1), f"must be {_IDENTIFIER}")] = (
+        Field("reconciler", validation_alias=AliasChoices("schema", "reconciler_schema")))
+    """The daemon's own schema (SPEC 2): `schema` in TOML, `RECONCILER_SCHEMA` (not the name)."""
+    events_channel: _Str = "whatsapp:instance-events"
     """The Redis pub/sub channel of events (SPEC 5)."""
-    events_stream: Annotated[str, _must("must be a string")] | None = None
+    events_stream: _Str | None = None
     """The Redis stream of events; None: the channel name with `:stream` (SPEC 5)."""
     http_addr: Annotated[tuple[str, int], NoDecode, BeforeValidator(_address)] = ("0.0.0.0", 9478)
     """Where metrics, health and webhooks listen (SPEC 6)."""
-    webhook_token: Annotated[str, _must("must be a string"), BeforeValidator(_secret), _fullmatch(
+    webhook_token: Annotated[_Str, BeforeValidator(_secret), _check(
         r"[A-Za-z0-9._~-]+", "must hold only letters, digits and - . _ ~ (it is part of a URL path)"
-    )] | None = None
+    )] | None = Field(None, repr=False)
     """The `{token}` of Evolution's webhook URL (SPEC 4.6); None refuses every webhook."""
-    log_format: Annotated[Literal["json", "console"], BeforeValidator(_lower),
+    log_format: Annotated[Literal["json", "console"], _Lower,
                           _must("must be one of json, console")] | None = None
     """"json", "console", or None: console on a terminal, json otherwise."""
-    log_level: Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower),
+    log_level: Annotated[Literal["debug", "info", "warning", "error"], _Lower,
                          _must("must be one of debug, info, warning, error")] = "info"
     config_file: str | None = Field(None, exclude=True)
     """The TOML file the settings were read from, if any (not a setting)."""
@@ -307,12 +286,9 @@ class Settings(BaseSettings):
 
     def policy(self, *, allow_mass_deletion: bool = False, mode: Mode | None = None) -> Policy:
         return Policy(
-            mode=self.mode if mode is None else mode,
-            managed_pattern=self.managed_pattern,
-            protected=self.protected,
-            orphan_grace=timedelta(seconds=self.orphan_grace_seconds),
-            orphan_confirmations=self.orphan_confirmations,
-            max_deletions=self.max_deletions,
+            mode=self.mode if mode is None else mode, managed_pattern=self.managed_pattern,
+            protected=self.protected, orphan_grace=timedelta(seconds=self.orphan_grace_seconds),
+            orphan_confirmations=self.orphan_confirmations, max_deletions=self.max_deletions,
             max_deletion_fraction=self.max_deletion_fraction,
             disconnect_after=timedelta(seconds=self.disconnect_after_seconds),
             mass_disconnect_fraction=self.mass_disconnect_fraction,
@@ -321,24 +297,14 @@ class Settings(BaseSettings):
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():
-            if name == "webhook_token" and value is not None:
-                value = MASK
             yield name, safe_url(value) if name in ("database_url", "redis_url") else value
 
     @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """`load_settings` reads the sources, since it is given the environment to read."""
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: Source,
+                                   env_settings: Source, dotenv_settings: Source,
+                                   file_secret_settings: Source) -> tuple[Source, ...]:
+        """Only the keywords: `load_settings` reads the sources, as it is given the environment."""
         return (init_settings,)
-
-
-# --- secrets in text -----------------------------------------------------------------------------
 
 
 def safe_url(url: str) -> str:
@@ -349,32 +315,31 @@ def safe_url(url: str) -> str:
 
 def redact(text: str, settings: Settings | None = None) -> str:
     """Masks every secret of `settings` (as given and URL-encoded) and any password in a URL."""
-    for secret in sorted(_secrets(settings) if settings else (), key=len, reverse=True):
+    found: set[str] = set()
+    if settings:
+        found = {settings.webhook_token or "", *(s.api_key for s in settings.servers)}
+        for url in (settings.database_url, settings.redis_url):
+            found.update(m[0][len(m["head"]) : -1] for m in _URL_PASSWORD.finditer(url))
+            found.update(m[0][len(m["head"]) :] for m in _QUERY_PASSWORD.finditer(url))
+    found |= {unquote(s) for s in found} | {quote(s, safe="") for s in found}
+    for secret in sorted(filter(None, found), key=len, reverse=True):
         text = text.replace(secret, MASK)
     return safe_url(text)
 
 
-def _secrets(settings: Settings) -> set[str]:
-    found = {server.api_key for server in settings.servers} | {settings.webhook_token or ""}
-    for url in (settings.database_url, settings.redis_url):
-        found.update(m[0][len(m["head"]) : -1] for m in _URL_PASSWORD.finditer(url))
-        found.update(m[0][len(m["head"]) :] for m in _QUERY_PASSWORD.finditer(url))
-    variants = {unquote(s) for s in found} | {quote(s, safe="") for s in found}
-    return {s for s in found | variants if s}
+# --- sources ---------------------------------------------------------------------------------
 
-
-# --- sources, in priority order --------------------------------------------------------------
-
-_KEYS = tuple("schema" if name == "own_schema" else name for name in Settings.model_fields
-              if name not in ("servers", "config_file", "warnings"))
+_KEYS = ["schema" if name == "own_schema" else name for name in Settings.model_fields
+         if name not in _INTERNAL]
 _VARIABLES = {ENV_PREFIX + key.upper(): key for key in _KEYS}
 _KNOWN = {CONFIG_VARIABLE, *_VARIABLES, *(f"{ENV_PREFIX}{k.upper()}_FILE" for k in _SECRETS)}
-_Named = tuple[dict[str, Any], Callable[[str], str]]
-"""Values of one source, and how a message names the place a key came from."""
+_Found = dict[str, tuple[Any, str] | None]
+"""Per key, its value and the place a message names, or None when it failed (already said)."""
 
 
 class _Environment(EnvSettingsSource):
-    """The settings among `environ` (given, so that the demo and tests leave os.environ alone)."""
+    """Only the known variables of `environ` (given, so that the demo and tests leave os.environ
+    alone): neither `SCHEMA` (an alias) nor `RECONCILER_SERVERS` (not a setting) is read."""
 
     def __init__(self, environ: Mapping[str, str]) -> None:
         self.environ = environ
@@ -383,27 +348,6 @@ class _Environment(EnvSettingsSource):
     def _load_env_vars(self) -> Mapping[str, str | None]:
         return {name.lower(): value for name, value in self.environ.items()
                 if name in _VARIABLES and value}
-
-
-class _SecretFiles(PydanticBaseSettingsSource):
-    """Secrets read from the files that `_FILE` variables (or `*_file` TOML keys) name."""
-
-    def __init__(self, files: Mapping[str, object], base: Path | None, origin: Callable[[str], str],
-                 problems: list[str]) -> None:
-        super().__init__(Settings)
-        self.files, self.base, self.origin, self.problems = files, base, origin, problems
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        values = {}
-        for key, name in self.files.items():
-            try:
-                values[key] = _read_secret(name, self.base)
-            except _Invalid as e:
-                self.problems.append(f"{self.origin(key)}: {e}")
-        return values
 
 
 def _read_secret(name: object, base: Path | None) -> str:
@@ -421,49 +365,37 @@ def _read_secret(name: object, base: Path | None) -> str:
     return text
 
 
-def _read_config(env: Mapping[str, str], problems: list[str]) -> tuple[Path, dict[str, Any]]:
+def _layer(given: dict[str, Any], named: Callable[[str], str], files: Mapping[str, object],
+           file_named: Callable[[str], str], base: Path | None, problems: list[str],
+           done: Mapping[str, object]) -> _Found:
+    """A source and the secret files it names (relative to `base`): a key both set fails, and a
+    key already `done` is not read again."""
+    found: _Found = {key: (value, named(key)) for key, value in given.items()}
+    for key, name in files.items():
+        if name in (None, "") or (key in done and key not in given):
+            continue
+        if key in given:
+            problems.append(f"{named(key)}, {file_named(key)}: both are set; set only one")
+            found[key] = None
+            continue
+        try:
+            found[key] = (_read_secret(name, base), file_named(key))
+        except _Invalid as e:
+            problems.append(f"{file_named(key)}: {e}")
+            found[key] = None
+    return found
+
+
+def _read_config(path: Path, problems: list[str]) -> dict[str, Any]:
     """The TOML file; the source skips one it cannot find, so open it first to say why."""
-    path = Path(env.get(CONFIG_VARIABLE) or os.devnull)
     try:
         path.open("rb").close()
-        return path, TomlConfigSettingsSource(Settings, toml_file=path)()
+        return TomlConfigSettingsSource(Settings, toml_file=path)()
     except OSError as e:
         problems.append(f"{CONFIG_VARIABLE}: cannot read {path}: {e.strerror or e}")
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         problems.append(f"{CONFIG_VARIABLE}: {path} is not valid TOML ({e})")
-    return path, {}
-
-
-def _layers(env: Mapping[str, str], path: Path, doc: dict[str, Any], failed: set[str],
-            problems: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
-    """The values of every source, the first that sets a key winning, and where each came from."""
-    var = {key: ENV_PREFIX + key.upper() for key in (*_KEYS, *doc)}
-    pairs: list[tuple[_Named, Mapping[str, object], Callable[[str], str], Path | None]] = [
-        ((_Environment(env)(), var.__getitem__),
-         {k: env.get(f"{var[k]}_FILE") for k in _SECRETS}, lambda k: f"{var[k]}_FILE", None),
-        (({k: v for k, v in doc.items() if k != "servers" and v != ""
-           and not (k.endswith("_file") and k[:-5] in _SECRETS)},
-          lambda k: f"{var[k]} ({k} in {path})"),
-         {k: doc.get(f"{k}_file") for k in _SECRETS},
-         lambda k: f"{var[k]}_FILE ({k}_file in {path})", path.parent),
-    ]
-    values: dict[str, Any] = {}
-    origins: dict[str, str] = {}
-    for (given, named), files, file_origin, base in pairs:
-        files = {k: name for k, name in files.items() if name not in (None, "")}
-        for key in given.keys() & files.keys():
-            problems.append(f"{named(key)}, {file_origin(key)}: both are set; set only one")
-            failed.add(key)
-            del given[key], files[key]
-        files = {k: name for k, name in files.items() if k not in values}
-        failed.update(files)
-        read = _SecretFiles(files, base, file_origin, problems)()
-        failed.difference_update(read)
-        for source, origin in ((given, named), (read, file_origin)):
-            for key, value in source.items():
-                if key not in values:
-                    values[key], origins[key] = value, origin(key)
-    return values, origins
+    return {}
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -475,20 +407,31 @@ def load_settings(
     """Reads and validates every setting; raises `SettingsError` listing every problem."""
     env = os.environ if environ is None else environ
     problems: list[str] = []
-    failed: set[str] = set()
+    path = Path(env.get(CONFIG_VARIABLE) or "")
+    doc = _read_config(path, problems) if env.get(CONFIG_VARIABLE) else {}
+    var = {key: ENV_PREFIX + key.upper() for key in (*_KEYS, *doc)}
+    found = _layer(_Environment(env)(), var.__getitem__, {k: env.get(f"{var[k]}_FILE") for k in
+                   _SECRETS}, lambda k: f"{var[k]}_FILE", None, problems, {})
+    problems += [f"{key} (in {path}): unknown setting" for key in _INTERNAL[1:] if key in doc]
+    toml = {k: v for k, v in doc.items() if k not in _INTERNAL and v != ""
+            and not (k.endswith("_file") and k[:-5] in _SECRETS)}
+    found = _layer(toml, lambda k: f"{var[k]} ({k} in {path})", {k: doc.get(f"{k}_file") for k in
+                   _SECRETS}, lambda k: f"{var[k]}_FILE ({k}_file in {path})", path.parent,
+                   problems, found) | found
+    values = {key: got[0] for key, got in found.items() if got}
+    origins = {key: got[1] for key, got in found.items() if got}
+    failed = {key for key, got in found.items() if got is None}
     """Keys that already have a problem, so that "required" is not said on top."""
-    path, doc = _read_config(env, problems) if env.get(CONFIG_VARIABLE) else (Path(), {})
-    values, origins = _layers(env, path, doc, failed, problems)
     listed = doc.get("servers")
-    servers = _servers(listed, path, failed, problems) if listed else ()
+    servers = _servers(listed, path, problems) if listed else ()
     settings = None
     try:
         settings = Settings(
-            **values, servers=servers, config_file=str(path) if doc else None, warnings=tuple(
-                f"{name}: unknown setting, ignored" for name in sorted(env)
-                if name.startswith(ENV_PREFIX) and name not in _KNOWN))
+            **values, servers=servers or (), config_file=str(path) if doc else None,
+            warnings=tuple(f"{name}: unknown setting, ignored" for name in sorted(env)
+                           if name.startswith(ENV_PREFIX) and name not in _KNOWN))
     except ValidationError as e:
-        explained = _explain(e, origins.__getitem__, lambda k: f"{k} (in {path}): unknown setting")
+        explained = _explain(e, origins.__getitem__, f"{{}} (in {path}): unknown setting".format)
         problems.extend(explained.values())
         failed.update(explained)
     url, key = origins.get("evolution_url"), origins.get("evolution_api_key")
@@ -505,43 +448,35 @@ def load_settings(
     if require_services:
         for name in ("database_url", "redis_url"):
             if name not in origins and name not in failed:
-                var = ENV_PREFIX + name.upper()
-                problems.append(f"{var}: required (or {var}_FILE)")
-        if not listed and not url and "servers" not in failed:
+                problems.append(f"{var[name]}: required (or {var[name]}_FILE)")
+        if not listed and not url and servers is not None:
             problems.append(f"{ENV_PREFIX}EVOLUTION_URL: required unless the file named by"
                             f" {CONFIG_VARIABLE} lists [[servers]]")
     if problems or settings is None:
         raise SettingsError(problems)
     if settings.evolution_url and settings.evolution_api_key and not listed:
-        single = ServerConfig(
-            DEFAULT_SERVER_NAME, settings.evolution_url, settings.evolution_api_key
-        )
+        single = ServerConfig(DEFAULT_SERVER_NAME, settings.evolution_url,
+                              settings.evolution_api_key)
         return settings.model_copy(update={"servers": (single,)})
     return settings
 
 
-def _servers(listed: object, path: Path, failed: set[str],
-             problems: list[str]) -> tuple[ServerConfig, ...]:
-    """The `[[servers]]` tables, each validated on its own so a message can say which it is."""
+def _servers(listed: object, path: Path, problems: list[str]) -> tuple[ServerConfig, ...] | None:
+    """The `[[servers]]` tables, each validated on its own to say which it is; None on a problem."""
     if not isinstance(listed, list) or not all(isinstance(s, dict) for s in listed):
-        failed.add("servers")
         problems.append(f"servers (in {path}): must be a list of [[servers]] tables")
-        return ()
-    count = len(problems)
-    servers: list[ServerConfig] = []
+        return None
+    count, servers = len(problems), list[ServerConfig]()
     for number, table in enumerate(listed, start=1):
         where = f"of [[servers]] #{number} in {path}"
-        api_key = {k: table.pop(k) for k in ("api_key", "api_key_file") if k in table}
-        if len(api_key) == 2:
-            problems.append(f"api_key {where}, api_key_file {where}: both are set; set only one")
+        given = {"api_key": table.pop("api_key")} if "api_key" in table else {}
+        files = {"api_key": table.pop("api_key_file", None)}
+        api_key = _layer(given, f"{{}} {where}".format, files, f"{{}}_file {where}".format,
+                         path.parent, problems, {})
+        if api_key.get("api_key", ()) is None:
             continue
         try:
-            if "api_key_file" in api_key:
-                api_key = {"api_key": _read_secret(api_key["api_key_file"], path.parent)}
-            server = ServerConfig(**table, **api_key)
-        except _Invalid as e:
-            problems.append(f"api_key_file {where}: {e}")
-            continue
+            server = ServerConfig(**table, **{k: got[0] for k, got in api_key.items() if got})
         except ValidationError as e:
             explained = _explain(e, f"{{}} {where}".format, f"{{}} {where}: unknown key".format)
             problems.extend(explained.values())
@@ -552,9 +487,7 @@ def _servers(listed: object, path: Path, failed: set[str],
             elif server.url == other.url:
                 problems.append(f'url {where}: same URL as server "{other.name}"')
         servers.append(server)
-    if len(problems) > count:
-        failed.add("servers")
-    return tuple(servers)
+    return tuple(servers) if len(problems) == count else None
 
 
 def _explain(error: ValidationError, origin: Callable[[str], str],
@@ -562,8 +495,7 @@ def _explain(error: ValidationError, origin: Callable[[str], str],
     """One message per key: where it came from, what it must be, and what it was unless secret."""
     messages: dict[str, str] = {}
     for detail in error.errors():
-        key = str(detail["loc"][0])
-        cause = (detail.get("ctx") or {}).get("error")
+        key, cause = str(detail["loc"][0]), (detail.get("ctx") or {}).get("error")
         if key in messages:
             continue
         if detail["type"] in ("extra_forbidden", "unexpected_keyword_argument"):

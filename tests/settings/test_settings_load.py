@@ -595,3 +595,39 @@ def test_an_empty_server_list_still_requires_a_server(tmp_path: Path) -> None:
     config = write(tmp_path / "r.toml", "servers = []\n")
     assert error(without_server(RECONCILER_CONFIG=config)).startswith(
         "RECONCILER_EVOLUTION_URL: required unless")
+
+
+# --- which names are read --------------------------------------------------------------------
+
+
+def test_the_schema_variable_is_reconciler_schema_only() -> None:
+    """`own_schema` is `schema` in TOML and RECONCILER_SCHEMA in the environment, nothing else."""
+    assert load(RECONCILER_SCHEMA="from_env").schema == "from_env"
+    s = load(SCHEMA="bare", schema="lower", RECONCILER_OWN_SCHEMA="field_name")
+    assert s.schema == "reconciler"
+    assert s.warnings == ("RECONCILER_OWN_SCHEMA: unknown setting, ignored",)
+
+
+def test_only_the_known_variables_are_read() -> None:
+    s = load(RECONCILER_SERVERS='[{"name": "x", "url": "http://x", "api_key": "k"}]',
+             RECONCILER_CONFIG_FILE="/etc/r.toml", RECONCILER_WARNINGS='["x"]',
+             reconciler_mode="enforce")
+    assert s.servers == (ServerConfig("default", "https://evo.example", KEY),)
+    assert (s.config_file, s.mode) == (None, Mode.DRY_RUN)
+    assert s.warnings == tuple(f"RECONCILER_{name}: unknown setting, ignored"
+                               for name in ("CONFIG_FILE", "SERVERS", "WARNINGS"))
+
+
+@pytest.mark.parametrize("key", ["config_file", "warnings"])
+def test_fields_that_are_not_settings_are_unknown_in_toml(tmp_path: Path, key: str) -> None:
+    config = write(tmp_path / "r.toml", f'{key} = "x"\n')
+    assert error({**BASE, "RECONCILER_CONFIG": config}) == f"{key} (in {config}): unknown setting"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("RECONCILER_SCHEMA", "rec\n"), ("RECONCILER_INTEGRATIONS_TABLE", "hc.integrations\n"),
+     ("RECONCILER_INTEGRATIONS_TABLE", "hc\n.integrations")],
+)
+def test_an_sql_identifier_may_not_end_in_a_newline(name: str, value: str) -> None:
+    assert error({**BASE, name: value}).startswith(f"{name}: must be ")
