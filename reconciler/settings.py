@@ -35,10 +35,8 @@ MASK = "***"
 _POLICY = Policy()
 DEFAULT_MANAGED_PATTERN = _POLICY.managed_pattern.pattern
 _SECRETS = ("database_url", "redis_url", "evolution_api_key", "webhook_token")
-_HIDDEN = frozenset({*_SECRETS, "api_key"})
-"""Keys whose values a message never shows."""
-_INTERNAL = ("servers", "config_file", "warnings")
-"""Fields that are not settings of their own."""
+_HIDDEN = frozenset({*_SECRETS, "api_key"})  # keys whose values a message never shows
+_INTERNAL = ("servers", "config_file", "warnings")  # fields that are not settings of their own
 _POSTGRES = "must be a postgres:// or postgresql:// URL"
 _IDENTIFIER = "an SQL identifier matching ^[A-Za-z_][A-Za-z0-9_]{0,62}$"
 _URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/?#@]*:)[^\s/?#]+@")
@@ -327,8 +325,6 @@ def redact(text: str, settings: Settings | None = None) -> str:
     return safe_url(text)
 
 
-# --- sources ---------------------------------------------------------------------------------
-
 _KEYS = ["schema" if name == "own_schema" else name for name in Settings.model_fields
          if name not in _INTERNAL]
 _VARIABLES = {ENV_PREFIX + key.upper(): key for key in _KEYS}
@@ -368,8 +364,7 @@ def _read_secret(name: object, base: Path | None) -> str:
 def _layer(given: dict[str, Any], named: Callable[[str], str], files: Mapping[str, object],
            file_named: Callable[[str], str], base: Path | None, problems: list[str],
            done: Mapping[str, object]) -> _Found:
-    """A source and the secret files it names (relative to `base`): a key both set fails, and a
-    key already `done` is not read again."""
+    """A source and its secret files (relative to `base`) but those already `done`; None: failed."""
     found: _Found = {key: (value, named(key)) for key, value in given.items()}
     for key, name in files.items():
         if name in (None, "") or (key in done and key not in given):
@@ -398,12 +393,9 @@ def _read_config(path: Path, problems: list[str]) -> dict[str, Any]:
     return {}
 
 
-# --- loading ---------------------------------------------------------------------------------
 
-
-def load_settings(
-    environ: Mapping[str, str] | None = None, *, require_services: bool = True
-) -> Settings:
+def load_settings(environ: Mapping[str, str] | None = None, *,
+                  require_services: bool = True) -> Settings:
     """Reads and validates every setting; raises `SettingsError` listing every problem."""
     env = os.environ if environ is None else environ
     problems: list[str] = []
