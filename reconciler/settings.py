@@ -37,7 +37,6 @@ DEFAULT_MANAGED_PATTERN = _POLICY.managed_pattern.pattern
 _SECRETS = ("database_url", "redis_url", "evolution_api_key", "webhook_token")
 _HIDDEN = frozenset({*_SECRETS, "api_key"})  # keys whose values a message never shows
 _INTERNAL = ("servers", "config_file", "warnings")  # fields that are not settings of their own
-_POSTGRES = "must be a postgres:// or postgresql:// URL"
 _IDENTIFIER = "an SQL identifier matching ^[A-Za-z_][A-Za-z0-9_]{0,62}$"
 _URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/?#@]*:)[^\s/?#]+@")
 _QUERY_PASSWORD = re.compile(r"(?i)(?P<head>[?&](?:ssl)?password=)[^&\s#]+")
@@ -169,8 +168,11 @@ _Str = Annotated[str, _must("must be a string")]
 _Positive = Annotated[float, Field(gt=0, allow_inf_nan=False), _must("must be a number > 0")]
 _NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False), _must("must be a number >= 0")]
 _Fraction = Annotated[float, Field(gt=0, le=1), _must("must be a fraction in (0, 1]")]
-_ApiKey = Annotated[_Str, BeforeValidator(_secret), _check(
+_Secret = Annotated[_Str, BeforeValidator(_secret)]
+_ApiKey = Annotated[_Secret, _check(
     r"[\x20-\x7e]+", "must hold only printable ASCII characters (it is sent as an HTTP header)")]
+_Token = Annotated[_Secret, _check(
+    r"[A-Za-z0-9._~-]+", "must hold only letters, digits and - . _ ~ (it is part of a URL path)")]
 _HttpUrl = Annotated[str, _must("must be an http:// or https:// URL"), AfterValidator(_http_url)]
 _Lower = BeforeValidator(lambda value: value.lower() if isinstance(value, str) else value)
 
@@ -200,12 +202,11 @@ class Settings(BaseSettings):
     model_config = {"env_prefix": ENV_PREFIX, "frozen": True, "extra": "forbid",
                     "validate_default": False, "use_attribute_docstrings": True}
 
-    database_url: Annotated[_Str, BeforeValidator(_secret), _check(
-        lambda url: urlsplit(url).scheme in ("postgres", "postgresql") and "://" in url,
-        _POSTGRES)] = ""
+    database_url: Annotated[_Secret, _check(lambda url: "://" in url and urlsplit(url).scheme in (
+        "postgres", "postgresql"), "must be a postgres:// or postgresql:// URL")] = ""
     """The PostgreSQL DSN (or `RECONCILER_DATABASE_URL_FILE`)."""
-    redis_url: Annotated[_Str, BeforeValidator(_secret), _check(_redis_url, "must be a redis:// or"
-                         " rediss:// URL with a host, or a unix:// socket URL")] = ""
+    redis_url: Annotated[_Secret, _check(_redis_url, "must be a redis:// or rediss:// URL with a"
+                         " host, or a unix:// socket URL")] = ""
     """Redis for hints and events (or `RECONCILER_REDIS_URL_FILE`)."""
     evolution_url: _HttpUrl | None = Field(None, repr=False)
     """The single server, named `default`, when the TOML file lists no `[[servers]]`."""
@@ -243,9 +244,8 @@ class Settings(BaseSettings):
     """Per request to Evolution (listing a large server is slow)."""
     shutdown_seconds: _Positive = 10.0
     """From SIGTERM to exit, whatever a server is doing (SPEC 7)."""
-    integrations_table: Annotated[_Str, _check(
-        lambda v: _identifiers(v, 2), f"must be schema.table, each part {_IDENTIFIER}",
-    )] = "healthcare.integrations"
+    integrations_table: Annotated[_Str, _check(lambda v: _identifiers(v, 2), "must be schema.table,"
+                                  f" each part {_IDENTIFIER}")] = "healthcare.integrations"
     """The desired state (SPEC 2)."""
     own_schema: Annotated[_Str, _check(lambda v: _identifiers(v, 1), f"must be {_IDENTIFIER}")] = (
         Field("reconciler", validation_alias=AliasChoices("schema", "reconciler_schema")))
@@ -256,9 +256,7 @@ class Settings(BaseSettings):
     """The Redis stream of events; None: the channel name with `:stream` (SPEC 5)."""
     http_addr: Annotated[tuple[str, int], NoDecode, BeforeValidator(_address)] = ("0.0.0.0", 9478)
     """Where metrics, health and webhooks listen (SPEC 6)."""
-    webhook_token: Annotated[_Str, BeforeValidator(_secret), _check(
-        r"[A-Za-z0-9._~-]+", "must hold only letters, digits and - . _ ~ (it is part of a URL path)"
-    )] | None = Field(None, repr=False)
+    webhook_token: _Token | None = Field(None, repr=False)
     """The `{token}` of Evolution's webhook URL (SPEC 4.6); None refuses every webhook."""
     log_format: Annotated[Literal["json", "console"], _Lower,
                           _must("must be one of json, console")] | None = None
