@@ -25,13 +25,14 @@ from pydantic.dataclasses import dataclass
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, TomlConfigSettingsSource
 from pydantic_settings import PydanticBaseSettingsSource as Source
 
+from reconciler import redaction
 from reconciler.model import Mode, Policy
+from reconciler.redaction import MASK
 from reconciler.store.names import check_identifier
 
 ENV_PREFIX = "RECONCILER_"
 CONFIG_VARIABLE = "RECONCILER_CONFIG"
 DEFAULT_SERVER_NAME = "default"
-MASK = "***"
 _POLICY = Policy()
 DEFAULT_MANAGED_PATTERN = _POLICY.managed_pattern.pattern
 _SECRETS = ("database_url", "redis_url", "evolution_api_key", "webhook_token")
@@ -318,9 +319,7 @@ def redact(text: str, settings: Settings | None = None) -> str:
             found.update(m[0][len(m["head"]) : -1] for m in _URL_PASSWORD.finditer(url))
             found.update(m[0][len(m["head"]) :] for m in _QUERY_PASSWORD.finditer(url))
     found |= {unquote(s) for s in found} | {quote(s, safe="") for s in found}
-    for secret in sorted(filter(None, found), key=len, reverse=True):
-        text = text.replace(secret, MASK)
-    return safe_url(text)
+    return safe_url(redaction.redact(text, found))
 
 
 _KEYS = ["schema" if name == "own_schema" else name for name in Settings.model_fields
