@@ -11,7 +11,7 @@ _MAX_IDENTIFIER = 63
 
 
 def check_identifier(value: str, what: str) -> str:
-    if not _IDENTIFIER.match(value) or len(value) > _MAX_IDENTIFIER:
+    if not _IDENTIFIER.fullmatch(value) or len(value) > _MAX_IDENTIFIER:
         raise ValueError(
             f"{what} {value!r} is not a SQL identifier (letters, digits, underscores, "
             f"not starting with a digit, at most {_MAX_IDENTIFIER} characters)"

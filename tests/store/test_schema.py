@@ -73,6 +73,7 @@ async def test_first_migration_races_on_a_fresh_database(database_url: str,
     ("healthcare.integrations", "bad-schema"),
     ("healthcare.integrations", "1st"),
     ("healthcare.integrations", "x" * 64),
+    ("healthcare.integrations", "reconciler\n"),
 ])
 async def test_unsafe_names_are_refused_before_connecting(table: str, schema: str) -> None:
     with pytest.raises(ValueError, match=r"identifier|schema-qualified"):
