@@ -97,7 +97,8 @@ class Settings:
     integrations_table: str = "healthcare.integrations"
     schema: str = "reconciler"
     events_channel: str = "whatsapp:instance-events"
-    events_stream: str | None = None
+    events_stream: str | None = "whatsapp:instance-events:stream"
+    """On by default so that a worker that was down misses nothing (SPEC 5.1); "" disables it."""
     http_host: str = "0.0.0.0"
     http_port: int = 9478
     webhook_token: str | None = None
@@ -488,7 +489,7 @@ def load_settings(
         integrations_table=values.integrations_table,
         schema=values.own_schema,
         events_channel=values.events_channel,
-        events_stream=values.events_stream,
+        events_stream=None if _stream_disabled(env, doc) else values.events_stream,
         webhook_token=values.webhook_token,
         http_host=values.http_addr[0],
         http_port=values.http_addr[1],
@@ -501,6 +502,14 @@ def load_settings(
             if name.startswith(ENV_PREFIX) and name not in _ENV_NAMES
         ),
     )
+
+
+def _stream_disabled(env: Mapping[str, str], doc: _Toml | None) -> bool:
+    """An empty `RECONCILER_EVENTS_STREAM` disables the stream (other empty values mean unset)."""
+    value = env.get(f"{ENV_PREFIX}EVENTS_STREAM")
+    if value is None and doc is not None:
+        value = doc.values.get("events_stream")
+    return value == ""
 
 
 def _read_config(env: Mapping[str, str], problems: _Problems) -> _Toml | None:
