@@ -33,6 +33,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_pass.py --instances 1000
 	$(PY) benchmarks/bench_pass.py --instances 10000
 	$(PY) benchmarks/bench_read.py
+	$(PY) benchmarks/bench_consumer.py
 
 # Not part of `make test`: two replicas under churn and faults for $(MINUTES) minutes, then checks.
 soak: $(VENV)/.installed

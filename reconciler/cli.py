@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import sys
+import time
 from collections.abc import Sequence
 
 import anyio
 import structlog
+from redis.exceptions import RedisError
 
 from reconciler import __version__
 from reconciler.controller import PassOptions
@@ -105,6 +109,66 @@ async def cmd_check(settings: Settings) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
+_DURATION = re.compile(r"([0-9]+)([smhd])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """`90s`, `15m`, `2h`, `7d` as seconds; argparse names the flag when this raises."""
+    match = _DURATION.fullmatch(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 15m, 2h or 7d")
+    return int(match[1]) * _UNIT_SECONDS[match[2]]
+
+
+_EVENT_COLUMNS = (("OCCURRED_AT", "occurred_at", 32), ("TYPE", "type", 21),
+                  ("INSTANCE", "instance_name", 60), ("SERVER", "server", 10),
+                  ("REASON", "reason", 16), ("EVENT_ID", "event_id", 0))
+
+
+def _event_row(cells: Sequence[str]) -> str:
+    """Fixed widths, so that `--follow` can print each row as it comes."""
+    return "  ".join(escape_controls(c).ljust(w) for c, (_, _, w) in
+                     zip(cells, _EVENT_COLUMNS, strict=True)).rstrip()
+
+
+def _event_line(fields: dict[str, str]) -> tuple[str, str]:
+    """The JSON exactly as published, and its table row (escaped: names come from others)."""
+    raw = fields.get("event")
+    if raw is None:
+        raw = json.dumps(fields, ensure_ascii=False)
+    try:
+        event = json.loads(raw)
+    except ValueError:
+        event = None
+    if not isinstance(event, dict):
+        return raw, escape_controls(f"? {raw}")
+    return raw, _event_row([str(event.get(key) if event.get(key) is not None else "-")
+                            for _, key, _ in _EVENT_COLUMNS])
+
+
+async def cmd_events(settings: Settings, args: argparse.Namespace) -> int:
+    """Prints the stream's events (SPEC 5.1), oldest first; with `--follow`, until interrupted."""
+    from reconciler.consumer import read_stream
+
+    if not settings.redis_url:
+        raise UsageError("RECONCILER_REDIS_URL: required (or RECONCILER_REDIS_URL_FILE)")
+    if not settings.events_stream:
+        raise UsageError("RECONCILER_EVENTS_STREAM: empty, so the stream is disabled")
+    since_ms = None if args.since is None else int((time.time() - args.since) * 1000)
+    if args.output == "table":
+        print(_event_row([title for title, _, _ in _EVENT_COLUMNS]), flush=True)
+    try:
+        async for _, fields in read_stream(settings.redis_url, settings.events_stream,
+                                           since_ms=since_ms, follow=args.follow):
+            raw, row = _event_line(fields)
+            print(raw if args.output == "json" else row, flush=True)
+    except RedisError as exc:
+        print(f"reconciler: reading the stream: {redact(str(exc), settings)}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reconciler",
@@ -127,6 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("install-trigger", help="add the deletion trigger to the integrations table")
     sub.add_parser("check", help="validate the settings and reach the database, Redis and "
                    "every server")
+    events = sub.add_parser("events", help="the events of the stream, oldest first")
+    events.add_argument("--since", type=parse_duration, metavar="DURATION",
+                        help="only events from this long ago (90s, 15m, 2h, 7d)")
+    events.add_argument("--follow", action="store_true", help="then print new events as they "
+                        "are published, until interrupted")
+    events.add_argument("--output", choices=("table", "json"), default="table",
+                        help="json: one event per line, exactly as published")
     demo = sub.add_parser("demo", help="the whole system on an embedded stack")
     demo.add_argument("--interval", type=float, default=3.0, help="seconds between passes")
     demo.add_argument("--until-converged", action="store_true",
@@ -145,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         timeout=args.timeout)
     settings: Settings | None = None
     try:
-        settings = load_settings()
+        settings = load_settings(require_services=args.command != "events")
         configure_logging(settings.log_format, settings.log_level)
         for warning in settings.warnings:
             log.warning(warning)
@@ -153,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return anyio.run(cmd_run, settings)
         if args.command in ("once", "plan"):
             return anyio.run(lambda: cmd_once(settings, args, plan_only=args.command == "plan"))
+        if args.command == "events":
+            return anyio.run(cmd_events, settings, args)
         if args.command == "migrate":
             return anyio.run(cmd_migrate, settings)
         if args.command == "install-trigger":

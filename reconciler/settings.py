@@ -253,8 +253,10 @@ class Settings(BaseSettings):
     """The daemon's own schema (SPEC 2): `schema` in TOML, `RECONCILER_SCHEMA` (not the name)."""
     events_channel: _Str = "whatsapp:instance-events"
     """The Redis pub/sub channel of events (SPEC 5)."""
-    events_stream: _Str | None = None
-    """The Redis stream of events; None: the channel name with `:stream` (SPEC 5)."""
+    events_stream: Annotated[_Str, AfterValidator(lambda v: v or None)] | None = (
+        "whatsapp:instance-events:stream")
+    """The Redis stream of events, on so that a worker that was down misses nothing (SPEC 5.1);
+    "" disables it."""
     http_addr: Annotated[tuple[str, int], NoDecode, BeforeValidator(_address)] = ("0.0.0.0", 9478)
     """Where metrics, health and webhooks listen (SPEC 6)."""
     webhook_token: _Token | None = Field(None, repr=False)
@@ -326,6 +328,8 @@ _KEYS = ["schema" if name == "own_schema" else name for name in Settings.model_f
          if name not in _INTERNAL]
 _VARIABLES = {ENV_PREFIX + key.upper(): key for key in _KEYS}
 _KNOWN = {CONFIG_VARIABLE, *_VARIABLES, *(f"{ENV_PREFIX}{k.upper()}_FILE" for k in _SECRETS)}
+_STREAM = f"{ENV_PREFIX}EVENTS_STREAM"
+"""The one setting whose empty value means something: no stream."""
 _Found = dict[str, tuple[Any, str] | None]
 """Per key, its value and the place a message names, or None when it failed (already said)."""
 
@@ -340,7 +344,7 @@ class _Environment(EnvSettingsSource):
 
     def _load_env_vars(self) -> Mapping[str, str | None]:
         return {name.lower(): value for name, value in self.environ.items()
-                if name in _VARIABLES and value}
+                if name in _VARIABLES and (value or name == _STREAM)}
 
 
 def _read_secret(name: object, base: Path | None) -> str:
@@ -402,7 +406,7 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
     found = _layer(_Environment(env)(), var.__getitem__, {k: env.get(f"{var[k]}_FILE") for k in
                    _SECRETS}, lambda k: f"{var[k]}_FILE", None, problems, {})
     problems += [f"{key} (in {path}): unknown setting" for key in _INTERNAL[1:] if key in doc]
-    toml = {k: v for k, v in doc.items() if k not in _INTERNAL and v != ""
+    toml = {k: v for k, v in doc.items() if k not in _INTERNAL and (v != "" or k == "events_stream")
             and not (k.endswith("_file") and k[:-5] in _SECRETS)}
     found = _layer(toml, lambda k: f"{var[k]} ({k} in {path})", {k: doc.get(f"{k}_file") for k in
                    _SECRETS}, lambda k: f"{var[k]}_FILE ({k}_file in {path})", path.parent,

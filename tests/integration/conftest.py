@@ -52,6 +52,10 @@ class Env:
     sim: Simulator
     extra: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def stream(self) -> str:
+        return f"{self.channel}:stream"
+
     def environ(self, **overrides: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILER_")}
         env.update({
@@ -62,6 +66,8 @@ class Env:
             "RECONCILER_INTEGRATIONS_TABLE": self.names.integrations_table,
             "RECONCILER_SCHEMA": self.names.schema,
             "RECONCILER_EVENTS_CHANNEL": self.channel,
+            # The stream is on by default: each test gets its own, as it gets its own channel.
+            "RECONCILER_EVENTS_STREAM": self.stream,
             "RECONCILER_ORPHAN_GRACE_SECONDS": "0",
             # Tests use small servers; the fraction guard has tests of its own.
             "RECONCILER_MAX_DELETION_FRACTION": "1",
@@ -129,8 +135,14 @@ class Env:
 
 @pytest.fixture
 async def env(database_url: str, redis_url: str, db_names: DbNames, channel: str,
-              sim: Simulator) -> Env:
-    return Env(database_url, redis_url, db_names, channel, sim)
+              sim: Simulator) -> AsyncIterator[Env]:
+    environment = Env(database_url, redis_url, db_names, channel, sim)
+    yield environment
+    client = aioredis.from_url(redis_url)
+    try:
+        await client.delete(environment.stream)
+    finally:
+        await client.aclose()
 
 
 @asynccontextmanager

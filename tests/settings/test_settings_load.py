@@ -62,7 +62,8 @@ def test_defaults_are_those_of_the_spec() -> None:
     assert s.shutdown_seconds == 10
     assert s.webhook_token is None
     assert (s.integrations_table, s.schema) == ("healthcare.integrations", "reconciler")
-    assert (s.events_channel, s.events_stream) == ("whatsapp:instance-events", None)
+    assert (s.events_channel, s.events_stream) == ("whatsapp:instance-events",
+                                                   "whatsapp:instance-events:stream")
     assert (s.http_host, s.http_port) == ("0.0.0.0", 9478)
     assert (s.log_format, s.log_level) == (None, "info")
     assert s.config_file is None
@@ -106,8 +107,15 @@ def test_without_services_nothing_is_required() -> None:
 
 
 def test_empty_variables_count_as_unset() -> None:
-    s = load(RECONCILER_MODE="", RECONCILER_EVENTS_STREAM="", RECONCILER_PROTECTED="")
-    assert (s.mode, s.events_stream, s.protected) == (Mode.DRY_RUN, None, ())
+    s = load(RECONCILER_MODE="", RECONCILER_PROTECTED="")
+    assert (s.mode, s.protected) == (Mode.DRY_RUN, ())
+
+
+def test_an_empty_stream_setting_disables_the_stream(tmp_path: Path) -> None:
+    assert load(RECONCILER_EVENTS_STREAM="").events_stream is None
+    config = write(tmp_path / "r.toml", 'events_stream = ""\n')
+    assert load(RECONCILER_CONFIG=config).events_stream is None
+    assert load(RECONCILER_CONFIG=config, RECONCILER_EVENTS_STREAM="s").events_stream == "s"
 
 
 def test_unknown_variables_are_ignored_with_a_warning() -> None:
