@@ -10,6 +10,8 @@ import anyio
 import structlog
 
 from reconciler import __version__
+from reconciler.audit import add_commands as add_operator_commands
+from reconciler.audit import cmd_audit, cmd_explain
 from reconciler.controller import PassOptions
 from reconciler.loop import run_forever
 from reconciler.model import Mode, ServerInventory
@@ -127,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("install-trigger", help="add the deletion trigger to the integrations table")
     sub.add_parser("check", help="validate the settings and reach the database, Redis and "
                    "every server")
+    add_operator_commands(sub)
     demo = sub.add_parser("demo", help="the whole system on an embedded stack")
     demo.add_argument("--interval", type=float, default=3.0, help="seconds between passes")
     demo.add_argument("--until-converged", action="store_true",
@@ -155,6 +158,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return anyio.run(lambda: cmd_once(settings, args, plan_only=args.command == "plan"))
         if args.command == "migrate":
             return anyio.run(cmd_migrate, settings)
+        if args.command == "explain":
+            return anyio.run(cmd_explain, settings, args)
+        if args.command == "audit":
+            return anyio.run(cmd_audit, settings, args)
         if args.command == "install-trigger":
             return anyio.run(cmd_install_trigger, settings)
         return anyio.run(cmd_check, settings)
