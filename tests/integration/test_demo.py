@@ -24,7 +24,7 @@ def test_demo_converges_on_the_embedded_stack() -> None:
     assert "/metrics" in out and "status page at http://127.0.0.1:" in out
 
 
-def test_the_demo_tells_how_to_explain_its_orphan_and_ctrl_c_removes_the_stack(tmp_path: Path) -> None:
+def test_the_demo_prints_how_to_explain_its_orphan_and_ctrl_c_removes_it(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILER_")}
     env["TMPDIR"] = str(tmp_path)
     demo = subprocess.Popen(

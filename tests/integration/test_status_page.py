@@ -49,7 +49,8 @@ async def test_the_page_shows_servers_drift_and_actions_escaped_in_a_browser(
     hostile = "clinic-<b>bold</b><script>alert(1)</script>"
     env.sim.add(hostile, state="open")
     port = free_port()
-    async with controller_for(env, env.sim, RECONCILER_MANAGED_PATTERN="^clinic-.*$") as controller, \
+    async with controller_for(env, env.sim,
+                              RECONCILER_MANAGED_PATTERN="^clinic-.*$") as controller, \
             serving(controller, "127.0.0.1", port):
         await controller.run_pass()
         requests_before = len(env.sim.requests)
