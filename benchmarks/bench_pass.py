@@ -7,7 +7,8 @@ by a 401, 20% never paired). The integrations table gets a row for 95% of them, 
 the platform would have; the other 5% are orphans. Uses the machine's PostgreSQL/Redis (or
 RECONCILER_TEST_DATABASE_URL / RECONCILER_TEST_REDIS_URL). Prints the wall time of a cold pass
 (empty memory), of a warm one, the Evolution requests each made, and the peak Python memory of a
-third pass traced with tracemalloc (tracing slows it, so it is timed apart).
+third pass traced with tracemalloc (tracing slows it, so it is timed apart), then the time to serve
+the status page `GET /` from what those passes left.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ import anyio
 import asyncpg
 import httpx
 
+from reconciler.controller import Controller
 from reconciler.observability import configure_logging
 from reconciler.settings import load_settings
-from reconciler.wiring import open_controller
+from reconciler.wiring import open_controller, serving
 
 KEY = "bench-key"
 
@@ -107,12 +109,37 @@ async def bench(instances: int, metrics_enabled: bool) -> None:
                     tracemalloc.stop()
                     line += f", peak Python memory {peak / 2**20:.1f} MiB"
                 print(line)
+            await time_status_page(controller)
     finally:
         sim.terminate()
         sim.wait(timeout=10)
         await conn.execute(f'DROP SCHEMA IF EXISTS "{app_schema}" CASCADE')
         await conn.execute(f'DROP SCHEMA IF EXISTS "{own_schema}" CASCADE')
         await conn.close()
+
+
+async def time_status_page(controller: Controller) -> None:
+    """`GET /` over loopback after the passes: its serve time; it must ask Evolution nothing."""
+    port = free_port()
+    async with serving(controller, "127.0.0.1", port), httpx.AsyncClient() as http:
+        with anyio.fail_after(10):
+            while True:
+                try:
+                    await http.get(f"http://127.0.0.1:{port}/healthz")
+                    break
+                except httpx.TransportError:
+                    await anyio.sleep(0.05)
+        before = requests_total(controller.recorder.metrics.exposition().decode())
+        times = []
+        for _ in range(20):
+            started = time.perf_counter()
+            page = await http.get(f"http://127.0.0.1:{port}/")
+            times.append(time.perf_counter() - started)
+            page.raise_for_status()
+        made = requests_total(controller.recorder.metrics.exposition().decode()) - before
+    times.sort()
+    print(f"status page GET /: median {times[10] * 1000:.1f} ms, worst {times[-1] * 1000:.1f} ms,"
+          f" {len(page.content) / 1024:.0f} KiB, {made:.0f} Evolution requests")
 
 
 def main() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -14,6 +13,8 @@ import structlog
 from redis.exceptions import RedisError
 
 from reconciler import __version__
+from reconciler.audit import add_commands as add_operator_commands
+from reconciler.audit import cmd_audit, cmd_explain, duration
 from reconciler.controller import PassOptions
 from reconciler.loop import run_forever
 from reconciler.model import Mode, ServerInventory
@@ -109,18 +110,6 @@ async def cmd_check(settings: Settings) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
-_DURATION = re.compile(r"([0-9]+)([smhd])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> int:
-    """`90s`, `15m`, `2h`, `7d` as seconds; argparse names the flag when this raises."""
-    match = _DURATION.fullmatch(text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 15m, 2h or 7d")
-    return int(match[1]) * _UNIT_SECONDS[match[2]]
-
-
 _EVENT_COLUMNS = (("OCCURRED_AT", "occurred_at", 32), ("TYPE", "type", 21),
                   ("INSTANCE", "instance_name", 60), ("SERVER", "server", 10),
                   ("REASON", "reason", 16), ("EVENT_ID", "event_id", 0))
@@ -192,12 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("check", help="validate the settings and reach the database, Redis and "
                    "every server")
     events = sub.add_parser("events", help="the events of the stream, oldest first")
-    events.add_argument("--since", type=parse_duration, metavar="DURATION",
+    events.add_argument("--since", type=duration, metavar="DURATION",
                         help="only events from this long ago (90s, 15m, 2h, 7d)")
     events.add_argument("--follow", action="store_true", help="then print new events as they "
                         "are published, until interrupted")
     events.add_argument("--output", choices=("table", "json"), default="table",
                         help="json: one event per line, exactly as published")
+    add_operator_commands(sub)
     demo = sub.add_parser("demo", help="the whole system on an embedded stack")
     demo.add_argument("--interval", type=float, default=3.0, help="seconds between passes")
     demo.add_argument("--until-converged", action="store_true",
@@ -228,6 +218,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return anyio.run(cmd_events, settings, args)
         if args.command == "migrate":
             return anyio.run(cmd_migrate, settings)
+        if args.command == "explain":
+            return anyio.run(cmd_explain, settings, args)
+        if args.command == "audit":
+            return anyio.run(cmd_audit, settings, args)
         if args.command == "install-trigger":
             return anyio.run(cmd_install_trigger, settings)
         return anyio.run(cmd_check, settings)

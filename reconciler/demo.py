@@ -177,7 +177,8 @@ async def _demo(tmp: str, interval: float, until_converged: bool, timeout: float
             })
             configure_logging("console", "warning")
             _say(f"Evolution API simulator (v2.3.6) at {sim.url}")
-            _say(f"metrics at http://127.0.0.1:{port}/metrics  (also /healthz, /readyz)")
+            _say(f"status page at http://127.0.0.1:{port}/  (metrics at /metrics, also "
+                 "/healthz, /readyz)")
             _say("seeded the incident:")
             for label, name in [
                 ("orphan: its integration row was deleted, still live on +55 11 98888-7777",
@@ -189,7 +190,13 @@ async def _demo(tmp: str, interval: float, until_converged: bool, timeout: float
                 ("being created right now: no row yet", inc.young),
             ]:
                 _say(f"  {name:<72} {label}")
-            return await _converge(settings, sim, inc, dsn, redis_url, port,
+            key_file = os.path.join(tmp, "evolution-api-key")
+            await anyio.Path(key_file).write_text(API_KEY)
+            explain = (f"RECONCILER_DATABASE_URL='{dsn}' RECONCILER_REDIS_URL='{redis_url}' "
+                       f"RECONCILER_EVOLUTION_URL='{sim.url}' "
+                       f"RECONCILER_EVOLUTION_API_KEY_FILE='{key_file}' "
+                       f"reconciler explain {inc.orphan}")
+            return await _converge(settings, sim, inc, redis_url, port, explain,
                                    until_converged, timeout)
     finally:
         socket_dir = os.path.dirname(rds.socket_file)
@@ -198,8 +205,9 @@ async def _demo(tmp: str, interval: float, until_converged: bool, timeout: float
         pg.cleanup()
 
 
-async def _converge(settings: Any, sim: Simulator, inc: Incident, dsn: str, redis_url: str,
-                    port: int, until_converged: bool, timeout: float | None) -> int:
+async def _converge(settings: Any, sim: Simulator, inc: Incident, redis_url: str, port: int,
+                    explain: str, until_converged: bool, timeout: float | None) -> int:
+    """Run the daemon and the story; once the orphan is gone, say how to ask why."""
     seen: list[dict[str, Any]] = []
 
     def on_event(event: dict[str, Any]) -> None:
@@ -223,7 +231,10 @@ async def _converge(settings: Any, sim: Simulator, inc: Incident, dsn: str, redi
                 _say("stopping; removing the embedded stack")
                 break
             step += 1
-            await _story(step, sim, inc, dsn)
+            await _story(step, sim, inc, settings.database_url)
+            if explain and inc.orphan not in sim.names():
+                _say(f"the orphan is deleted; ask why (in another terminal):\n    {explain}")
+                explain = ""
             if until_converged and _converged(sim, inc, seen):
                 _say("converged: the orphan and the released instance are gone, the "
                      "disconnect and the new pairing are recorded, the rest untouched")

@@ -79,7 +79,7 @@ def render_json(result: PassResult, mode: Mode, *, plan_only: bool) -> str:
     return json.dumps(as_dict(result, mode, plan_only=plan_only), indent=2)
 
 
-def _table(headers: list[str], cells: list[list[str]]) -> str:
+def table(headers: list[str], cells: list[list[str]]) -> str:
     rows = [[escape_controls(c) for c in r] for r in cells]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
@@ -101,18 +101,18 @@ def render_table(result: PassResult, mode: Mode, *, plan_only: bool) -> str:
         else:
             server_rows.append([read.server, "ERROR", read.error])
     if server_rows:
-        out += ["", _table(["SERVER", "READ", "DETAIL"], server_rows)]
+        out += ["", table(["SERVER", "READ", "DETAIL"], server_rows)]
     all_drift = result.plan.drift if result.plan else ()
     drift = [d for d in all_drift if d.kind is not DriftKind.UNMANAGED]
     out.append("")
-    out.append(_table(["SERVER", "INSTANCE", "DRIFT", "DETAIL"],
+    out.append(table(["SERVER", "INSTANCE", "DRIFT", "DETAIL"],
                       [[d.server or "-", d.instance_name, d.kind.value, d.detail]
                        for d in drift]) if drift else "no drift")
     if len(all_drift) > len(drift):
         out.append(f"({len(all_drift) - len(drift)} unmanaged instances left alone)")
     actions = _rows(result, mode, plan_only)
     out.append("")
-    out.append(_table(["SERVER", "INSTANCE", "ACTION", "REASON", "OUTCOME", "GUARD/ERROR"],
+    out.append(table(["SERVER", "INSTANCE", "ACTION", "REASON", "OUTCOME", "GUARD/ERROR"],
                       [[str(a["server"] or "-"), str(a["instance_name"]), str(a["action"]),
                         str(a["reason"]), str(a["outcome"]), str(a["guard"] or a["error"] or "")]
                        for a in actions]) if actions else "no actions")

@@ -76,6 +76,8 @@ class PassRecorder:
         """Only for what is managed: the observed counts use the planner's own rule."""
         self.on_pass: Callable[[PassResult], None] | None = None
         """Called after every pass (the demo prints it)."""
+        self.last: PassResult | None = None
+        """The last finished pass: the status page shows it without asking any server."""
 
     def started(self, result: PassResult) -> float:
         for server in result.skipped:
@@ -103,6 +105,7 @@ class PassRecorder:
         if result.servers and not failed_servers & set(result.servers):
             self.health.ready = True
         self._log_summary(result)
+        self.last = result
         if self.on_pass is not None:
             self.on_pass(result)
         return result

@@ -21,6 +21,7 @@ from reconciler.leadership import Leadership
 from reconciler.observability import Health, Metrics, http_app
 from reconciler.recorder import PassRecorder
 from reconciler.settings import Settings
+from reconciler.status_page import status_route
 from reconciler.store import IntegrationsTableMissing, Store
 
 log = structlog.get_logger()
@@ -74,12 +75,14 @@ async def open_controller(settings: Settings, *, metrics: Metrics | None = None,
 
 @asynccontextmanager
 async def serving(controller: Controller, host: str, port: int) -> AsyncIterator[None]:
-    """`/metrics`, `/healthz` and `/readyz` for as long as the block runs."""
+    """`/metrics`, `/healthz`, `/readyz` and the status page `/` while the block runs."""
     import uvicorn
 
     recorder = controller.recorder
+    app = http_app(recorder.metrics, recorder.health)
+    app.router.routes.append(status_route(controller))
     server = uvicorn.Server(uvicorn.Config(
-        http_app(recorder.metrics, recorder.health), host=host, port=port,
+        app, host=host, port=port,
         log_level="warning", access_log=False, lifespan="off"))
     async with anyio.create_task_group() as tg:
         tg.start_soon(server.serve)

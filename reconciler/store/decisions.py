@@ -163,16 +163,25 @@ class DecisionTables:
     # --- reading the audit log -----------------------------------------------------------------
 
     async def audit_rows(
-        self, *, instance_name: str | None = None, limit: int = 100
+        self,
+        *,
+        instance_name: str | None = None,
+        limit: int = 100,
+        since_seconds: float | None = None,
+        action: str | None = None,
+        outcome: str | None = None,
     ) -> list[dict[str, object]]:
-        """The newest audit rows first, optionally of one instance (SPEC 8 `audit`, `explain`)."""
+        """The newest audit rows first, filtered as `audit` asks (SPEC 8 `audit`, `explain`)."""
         async with self._db.snapshot("reading the audit log") as conn:
             rows = await conn.fetch(
                 "SELECT id, at, server, instance_name, organization_id, row_id, action, reason,"
                 " guard, outcome, error, event_id, epoch"
                 f" FROM {self._names.own}.audit_log"
-                " WHERE $1::text IS NULL OR instance_name = $1 ORDER BY id DESC LIMIT $2",
-                instance_name, limit,
+                " WHERE ($1::text IS NULL OR instance_name = $1)"
+                " AND ($3::float8 IS NULL OR at >= now() - make_interval(secs => $3))"
+                " AND ($4::text IS NULL OR action = $4) AND ($5::text IS NULL OR outcome = $5)"
+                " ORDER BY id DESC LIMIT $2",
+                instance_name, limit, since_seconds, action, outcome,
             )
         return [dict(r) for r in rows]
 

@@ -100,7 +100,13 @@ class DecisionLog(Protocol):
     ) -> bool: ...
 
     async def audit_rows(
-        self, *, instance_name: str | None = None, limit: int = 100
+        self,
+        *,
+        instance_name: str | None = None,
+        limit: int = 100,
+        since_seconds: float | None = None,
+        action: str | None = None,
+        outcome: str | None = None,
     ) -> list[dict[str, object]]: ...
 
 

@@ -148,8 +148,8 @@ async def env(database_url: str, redis_url: str, db_names: DbNames, channel: str
 @asynccontextmanager
 async def controller_for(env: Env, sim: Simulator, **overrides: str) -> AsyncIterator[Controller]:
     """An in-process controller in enforce mode, leading every server, against `sim`."""
-    environ = env.environ(RECONCILER_MODE="enforce", RECONCILER_ORPHAN_CONFIRMATIONS="1",
-                          RECONCILER_EVOLUTION_URL=sim.url, **overrides)
+    environ = env.environ(**{"RECONCILER_MODE": "enforce", "RECONCILER_ORPHAN_CONFIRMATIONS": "1",
+                             "RECONCILER_EVOLUTION_URL": sim.url, **overrides})
     settings = load_settings({k: v for k, v in environ.items() if k.startswith("RECONCILER_")})
     async with open_controller(settings) as controller, controller.leadership.leading():
         yield controller

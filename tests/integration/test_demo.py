@@ -21,10 +21,10 @@ def test_demo_converges_on_the_embedded_stack() -> None:
     assert "event instance.removed" in out and "reason=duplicate_number" in out
     assert "event instance.disconnected" in out and "reason=device_removed" in out
     assert "event instance.connected" in out
-    assert "/metrics" in out
+    assert "/metrics" in out and "status page at http://127.0.0.1:" in out
 
 
-def test_ctrl_c_stops_the_demo_and_removes_the_embedded_stack(tmp_path: Path) -> None:
+def test_the_demo_prints_how_to_explain_its_orphan_and_ctrl_c_removes_it(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILER_")}
     env["TMPDIR"] = str(tmp_path)
     demo = subprocess.Popen(
@@ -32,9 +32,18 @@ def test_ctrl_c_stops_the_demo_and_removes_the_embedded_stack(tmp_path: Path) ->
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert demo.stdout is not None
     for line in demo.stdout:
-        if " pass: " in line:
+        if "ask why" in line:
+            command = next(demo.stdout).strip()
             break
+    # The command it prints answers with the delete, its guards and the event workers got.
+    explained = subprocess.run(
+        command.replace("reconciler explain", f"{sys.executable} -m reconciler explain", 1),
+        shell=True, env=env, capture_output=True, text=True, timeout=60, check=False)
     demo.send_signal(signal.SIGINT)
+    assert explained.returncode == 0, explained.stderr
+    assert "every guard of SPEC 4.3 passed" in explained.stdout
+    assert "instance.removed with event_id" in explained.stdout
+    assert "delete" in explained.stdout and "duplicate_number" in explained.stdout
     out, _ = demo.communicate(timeout=60)
     assert demo.returncode == 0, out
     assert "removing the embedded stack" in out
