@@ -55,6 +55,7 @@ async def run_forever(controller: Controller, stop: anyio.Event) -> None:
             health.tick()
             with current_pass:
                 await _pass_that_never_stops_the_loop(controller)
+                await controller.leadership.hand_back_surplus()
             current_pass = anyio.CancelScope()
             health.tick()
             interval = settings.interval_seconds * random.uniform(0.9, 1.1)
