@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 MINUTES ?= 30
 
-.PHONY: demo test lint typecheck deploy-checks unit bench soak
+.PHONY: demo test lint typecheck deploy-checks unit bench bench-scale soak
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -34,6 +34,9 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_pass.py --instances 10000
 	$(PY) benchmarks/bench_read.py
 	$(PY) benchmarks/bench_consumer.py
+
+bench-scale: $(VENV)/.installed
+	$(PY) benchmarks/bench_scale.py
 
 # Not part of `make test`: two replicas under churn and faults for $(MINUTES) minutes, then checks.
 soak: $(VENV)/.installed

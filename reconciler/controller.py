@@ -22,6 +22,7 @@ from reconciler.failpoints import reached
 from reconciler.leadership import Leadership
 from reconciler.model import (
     DesiredState,
+    Flag,
     Memory,
     Mode,
     Outcome,
@@ -38,6 +39,9 @@ from reconciler.shutdown import Grace
 from reconciler.store import LeaseToken, Store, StoreError
 
 log = structlog.get_logger()
+
+SNAPSHOT_FRESH_INTERVALS = 2
+"""SPEC 7: a snapshot older than two intervals is stale; what spans servers waits for it."""
 
 
 @dataclass(frozen=True)
@@ -114,24 +118,44 @@ class Controller:
 
     async def _read_observed(self, result: PassResult, desired: DesiredState,
                              memory: Memory) -> None:
-        """Every server is read, led or not: `missing` and the duplicates are judged across
-        all of them. Only the servers this replica leads are acted on."""
+        """The servers this replica leads are read from Evolution (once per interval, SPEC 7);
+        every other server from the snapshot its leader keeps, so that `missing` and the
+        duplicates are judged across all of them. A server with no fresh snapshot counts as
+        unread: nothing that spans servers is decided, and nothing is deleted."""
         want_live = {d.instance_name for d in desired.instances} | {
             m.instance_name for m in memory.instances.values() if m.orphan_streak > 0}
-        reads: dict[str, ServerRead] = {}
+        reads: dict[str, ServerRead] = await self._snapshots_of(
+            [s for s in self.clients if s not in result.servers])
 
         async def read_one(server: str) -> None:
             reads[server] = await self.clients[server].read(want_live=want_live)
 
         async with anyio.create_task_group() as tg:
-            for server in self.clients:
+            for server in result.servers:
                 tg.start_soon(read_one, server)
         result.reads = tuple(refuse_shared_client_names([reads[s] for s in self.clients]))
         for failed in result.reads:
-            if isinstance(failed, ServerReadError):
+            if isinstance(failed, ServerReadError) and failed.server in result.servers:
                 result.fail([failed.server], failed.stage, failed.error)
                 log.error("server read failed", server=failed.server, error=failed.error,
                           operator_must_fix=failed.operator_error)
+
+    async def _snapshots_of(self, servers: list[str]) -> dict[str, ServerRead]:
+        if not servers:
+            return {}
+        max_age = SNAPSHOT_FRESH_INTERVALS * self.settings.interval_seconds
+        try:
+            fresh = await self.store.snapshots.fresh(servers, max_age)
+        except StoreError as exc:
+            fresh, why = {}, f"snapshots unreadable: {exc}"
+        else:
+            why = (f"no snapshot younger than {SNAPSHOT_FRESH_INTERVALS} intervals"
+                   " (its leader has not read it)")
+        missing = [s for s in servers if s not in fresh]
+        if missing:
+            log.warning("servers led elsewhere not seen", servers=missing, why=why)
+        return {s: fresh.get(s) or ServerReadError(s, Stage.READ_OBSERVED, why)
+                for s in servers}
 
     def _plan(self, result: PassResult, desired: DesiredState, memory: Memory,
               policy: Policy) -> None:
@@ -159,8 +183,12 @@ class Controller:
         remembered = planner.record_outcomes(result.plan.memory, result.report.delete_results,
                                              result.started_at)
         await reached("memory.save.before")
-        await self.store.memory.save(remembered, servers=result.servers, leases=tokens)
+        await self.store.memory.save(remembered, servers=result.servers, leases=tokens,
+                                     fleet=self.fleet_server in result.servers)
         await reached("memory.save.after")
+        for read in result.reads:
+            if isinstance(read, ServerInventory) and read.server in tokens:
+                await self.store.snapshots.save(read, lease=tokens[read.server])
         retired = set(memory.tombstones) - set(remembered.tombstones)
         if retired:
             await self.store.memory.retire_tombstones(retired, leases=tokens.values())
@@ -204,8 +232,8 @@ def refuse_shared_client_names(reads: Sequence[ServerRead]) -> list[ServerRead]:
 
 def for_leader(plan: Plan, led: Collection[str], *, fleet_leader: bool) -> Plan:
     """The part of a plan this replica may carry out: actions and drift on the servers it leads;
-    decisions that belong to no server (`missing`, a duplicate row nobody lists) go to the leader
-    of the first server, so that exactly one replica makes them."""
+    decisions that belong to no server (`missing`) and every duplicate group (they span servers
+    and rows) go to the leader of the first server, so that exactly one replica makes them."""
 
     def ours(server: str) -> bool:
         return server in led if server else fleet_leader
@@ -213,6 +241,7 @@ def for_leader(plan: Plan, led: Collection[str], *, fleet_leader: bool) -> Plan:
     return replace(
         plan,
         drift=tuple(d for d in plan.drift if ours(d.server)),
-        actions=tuple(a for a in plan.actions if ours(a.server)),
+        actions=tuple(a for a in plan.actions
+                      if (fleet_leader if isinstance(a, Flag) else ours(a.server))),
         degraded_servers=frozenset(s for s in plan.degraded_servers if s in led),
     )

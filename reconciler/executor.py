@@ -79,7 +79,7 @@ class Executor:
         lease ends the pass midway."""
         deletes: dict[str, list[Delete]] = {}
         audited = [(a, o) for a in plan.actions if (o := self._audit_only(a)) is not None]
-        await self.decisions.record_many([(a, o, self._lease(a.server)) for a, o in audited])
+        await self.decisions.record_many([(a, o, self._lease_of(a)) for a, o in audited])
         for action, outcome in audited:
             self._report(report, action, outcome, None)
         for action in plan.actions:
@@ -103,6 +103,11 @@ class Executor:
 
     def _lease(self, server: str) -> LeaseToken:
         return self.leases[server or self.fleet_server]
+
+    def _lease_of(self, action: Action) -> LeaseToken:
+        """Duplicate groups span servers and are the first server's leader's to report."""
+        return self.leases[self.fleet_server] if isinstance(action, Flag) else self._lease(
+            action.server)
 
     def _event(self, action: Action, now: datetime) -> Event:
         return build_event(
@@ -132,7 +137,7 @@ class Executor:
     async def _flag(self, report: ExecutionReport, action: Flag, now: datetime) -> None:
         event = self._event(action, now)
         await reached("flag.before")
-        if await self.decisions.record_flag(action, event, lease=self._lease(action.server)):
+        if await self.decisions.record_flag(action, event, lease=self._lease_of(action)):
             self._report(report, action, Outcome.OK, None)
         await reached("flag.after")
 

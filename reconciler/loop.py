@@ -1,5 +1,9 @@
 """The daemon's loop: passes on a jittered timer and at once on a hint, until told to stop.
 
+The timer runs from the start of one pass to the start of the next, so that each server is read
+once per interval however long a pass takes (SPEC 7: the load on Evolution per interval does not
+depend on how the servers are spread over replicas).
+
 Hints today are the deletion trigger's NOTIFYs (SPEC 4.2): a tombstone wakes the next pass at
 once. On stop the loop is out within `RECONCILER_SHUTDOWN_SECONDS` (SPEC 7): the pass is
 cancelled, an action already sent to Evolution gets 60% of the budget to finish and be recorded
@@ -53,12 +57,14 @@ async def run_forever(controller: Controller, stop: anyio.Event) -> None:
         while not stop.is_set():
             wake = anyio.Event()  # a NOTIFY during the pass triggers the next one at once
             health.tick()
+            started = anyio.current_time()
             with current_pass:
                 await _pass_that_never_stops_the_loop(controller)
+                await controller.leadership.hand_back_surplus()
             current_pass = anyio.CancelScope()
             health.tick()
             interval = settings.interval_seconds * random.uniform(0.9, 1.1)
-            with anyio.move_on_after(interval):
+            with anyio.move_on_after(interval - (anyio.current_time() - started)):
                 async with anyio.create_task_group() as waiters:
                     async def wait_for(event: anyio.Event) -> None:
                         await event.wait()

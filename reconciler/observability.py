@@ -93,6 +93,9 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
         self.leader = Gauge(
             p + "leader", "1 where this replica reconciles that server", ["server"], registry=r)
+        self.replicas = Gauge(
+            p + "replicas", "Live replicas this one sees (heartbeats within 15 s)", registry=r)
+        self.replicas.set(1)
         self.build_info = Gauge(
             p + "build_info", "Always 1", ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)

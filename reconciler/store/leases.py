@@ -1,4 +1,5 @@
-"""Leases: one row per server, whose epoch fences every write of its holder (SPEC 7)."""
+"""Leases: one row per server, whose epoch fences every write of its holder; and the replicas
+that share them, by heartbeat (SPEC 7)."""
 
 from __future__ import annotations
 
@@ -55,3 +56,27 @@ class LeaseTable:
                 " WHERE server = $1 AND holder = $2 AND epoch = $3 AND expires_at > now()",
                 token.server, token.holder, token.epoch,
             )
+
+    async def heartbeat(self, holder: str, live_within: float = 15.0) -> int:
+        """Say this replica is alive; the number of live replicas (itself included)."""
+        async with self._db.transaction("heartbeating") as conn:
+            await conn.execute(
+                f"INSERT INTO {self._own}.replicas (holder) VALUES ($1) ON CONFLICT (holder)"
+                " DO UPDATE SET heartbeat_at = now()", holder)
+            live = await conn.fetchval(
+                f"SELECT count(*) FROM {self._own}.replicas"
+                " WHERE heartbeat_at > now() - make_interval(secs => $1)", live_within)
+        return max(1, int(live))
+
+    async def unled(self, servers: list[str]) -> set[str]:
+        """The servers of `servers` whose lease is free (never taken, expired or released)."""
+        async with self._db.snapshot("reading leases") as conn:
+            rows = await conn.fetch(
+                f"SELECT server FROM {self._own}.leases WHERE server = ANY($1::text[])"
+                " AND expires_at > now()", servers)
+        return set(servers) - {r["server"] for r in rows}
+
+    async def leave(self, holder: str) -> None:
+        """A replica stopping: the others count one fewer at once, not after its heartbeat ages."""
+        async with self._db.transaction("leaving the replicas") as conn:
+            await conn.execute(f"DELETE FROM {self._own}.replicas WHERE holder = $1", holder)

@@ -82,11 +82,15 @@ class MemoryTables:
         *,
         servers: Collection[str],
         leases: Mapping[str, LeaseToken] | None = None,
+        fleet: bool = True,
     ) -> None:
-        """Replace the memory of `servers`, and the global missing streaks and duplicate groups.
+        """Replace the memory of `servers`, and with `fleet` (the leader of the first server)
+        the missing streaks and forget the duplicate groups that cleared.
 
         Tombstones are not written here: the trigger adds them and `retire_tombstones` removes
-        the processed ones, so one deleted while this pass ran is never lost.
+        the processed ones, so one deleted while this pass ran is never lost. Only the leader
+        of the first server writes the fleet's memory: it alone reports duplicate groups
+        (`record_flag` records each with its event) and marks instances missing.
         """
         own = self._names.own
         chosen = sorted(set(servers))
@@ -107,6 +111,8 @@ class MemoryTables:
                 await conn.executemany(
                     f"INSERT INTO {own}.pass_counts (server, desired, observed)"
                     " VALUES ($1, $2, $3)", counts)
+            if not fleet:
+                return
             await conn.execute(f"DELETE FROM {own}.missing_streaks")
             if memory.missing_streaks:
                 await conn.executemany(

@@ -21,6 +21,7 @@ from reconciler.model import (
     InstanceMemory,
     Memory,
     Outcome,
+    ServerInventory,
     StatusChange,
 )
 from reconciler.store.rows import LeaseToken, OutboxEvent
@@ -51,6 +52,7 @@ class MemoryStore(Protocol):
         *,
         servers: Collection[str],
         leases: Mapping[str, LeaseToken] | None = None,
+        fleet: bool = True,
     ) -> None: ...
 
     async def retire_tombstones(
@@ -132,3 +134,17 @@ class LeaseStore(Protocol):
     async def renew(self, token: LeaseToken, ttl: float = 15.0) -> bool: ...
 
     async def release(self, token: LeaseToken) -> None: ...
+
+    async def heartbeat(self, holder: str, live_within: float = 15.0) -> int: ...
+
+    async def unled(self, servers: list[str]) -> set[str]: ...
+
+    async def leave(self, holder: str) -> None: ...
+
+
+class SnapshotStore(Protocol):
+    """Each server's latest complete read, for the decisions that span servers."""
+
+    async def save(self, read: ServerInventory, *, lease: LeaseToken) -> None: ...
+
+    async def fresh(self, servers: list[str], max_age: float) -> dict[str, ServerInventory]: ...

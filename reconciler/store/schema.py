@@ -110,6 +110,23 @@ ALTER TABLE {own}.observations ADD COLUMN IF NOT EXISTS instance_id text;
 UPDATE {own}.observations SET delete_event_id = gen_random_uuid()
     WHERE delete_requested_at IS NOT NULL AND delete_event_id IS NULL;
 """),
+    Migration(3, "replicas and their heartbeats; each server's latest complete snapshot", """
+CREATE TABLE IF NOT EXISTS {own}.replicas (
+    holder       text PRIMARY KEY,
+    started_at   timestamptz NOT NULL DEFAULT now(),
+    heartbeat_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS {own}.snapshots (
+    server      text PRIMARY KEY,
+    taken_at    timestamptz NOT NULL,
+    epoch       bigint NOT NULL,
+    api_line    text NOT NULL,
+    version     text,
+    client_name text,
+    instances   jsonb NOT NULL
+);
+"""),
 )
 
 VERSION_TABLE = """

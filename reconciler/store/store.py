@@ -13,8 +13,16 @@ from reconciler.store.desired import DesiredTable
 from reconciler.store.leases import LeaseTable
 from reconciler.store.memory import MemoryTables
 from reconciler.store.names import SqlNames
-from reconciler.store.ports import DecisionLog, DesiredSource, LeaseStore, MemoryStore, Outbox
+from reconciler.store.ports import (
+    DecisionLog,
+    DesiredSource,
+    LeaseStore,
+    MemoryStore,
+    Outbox,
+    SnapshotStore,
+)
 from reconciler.store.schema import apply_migrations
+from reconciler.store.snapshots import SnapshotTable
 
 
 @dataclass(frozen=True)
@@ -26,6 +34,7 @@ class Store:
     decisions: DecisionLog
     outbox: Outbox
     leases: LeaseStore
+    snapshots: SnapshotStore
     _db: Database = field(repr=False)
 
     @classmethod
@@ -41,7 +50,7 @@ class Store:
         db = await Database.connect(dsn, SqlNames.parse(integrations_table, schema))
         return cls(desired=DesiredTable(db), memory=MemoryTables(db),
                    decisions=DecisionTables(db), outbox=OutboxTable(db), leases=LeaseTable(db),
-                   _db=db)
+                   snapshots=SnapshotTable(db), _db=db)
 
     async def migrate(self) -> None:
         """Create or upgrade the own schema (idempotent, only inside that schema)."""

@@ -12,7 +12,7 @@ from reconciler.store import IntegrationsTableMissing, Store, StoreError
 from reconciler.store.schema import MIGRATIONS
 
 OWN_TABLES = {"audit_log", "outbox", "observations", "tombstones", "leases", "pass_counts",
-              "missing_streaks", "reported_duplicates", "schema_version"}
+              "missing_streaks", "reported_duplicates", "schema_version", "replicas", "snapshots"}
 
 
 async def _objects(conn: asyncpg.Connection[Any], schema: str) -> set[tuple[str, str]]:
