@@ -147,6 +147,13 @@ async def scenario(replica_count: int, args: argparse.Namespace, sims: subproces
             created.append(json.loads(sims.stdout.readline())["orphan"])
         return created
 
+    async def decisions_twice() -> int:
+        """Removals audited `ok` under more than one event id, or more than once."""
+        return int(await conn.fetchval(
+            f'SELECT count(*) FROM (SELECT instance_name FROM "{own}".audit_log'
+            " WHERE action = 'delete' AND outcome = 'ok' GROUP BY instance_name"
+            " HAVING count(*) > 1 OR count(DISTINCT event_id) > 1) AS twice"))
+
     result: dict[str, Any] = {"replicas": replica_count}
     try:
         async with httpx.AsyncClient(timeout=10) as http:
@@ -202,6 +209,7 @@ async def scenario(replica_count: int, args: argparse.Namespace, sims: subproces
                 await wait_until(lambda: orphans_deleted(orphans), 4 * args.interval + 60,
                                  "orphans on the lost servers deleted")
                 result["failover_converged_s"] = round(time.monotonic() - killed_at, 1)
+            result["removals_decided_twice"] = await decisions_twice()
     finally:
         for replica in replicas:
             replica.stop()
@@ -242,7 +250,8 @@ async def main(args: argparse.Namespace) -> None:
               f" every server deleted in {r['orphans_deleted_s']} s"
               + (f"; after SIGKILL of one: led again in {r['failover_led_again_s']} s, its"
                  f" servers' orphans deleted in {r['failover_converged_s']} s"
-                 if "failover_led_again_s" in r else ""))
+                 if "failover_led_again_s" in r else "")
+              + f"; removals decided twice: {r['removals_decided_twice']}")
 
 
 if __name__ == "__main__":
