@@ -3,35 +3,15 @@ heartbeat, and what spans servers decided once, from fresh snapshots only."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
-from reconciler.controller import Controller
 from reconciler.leadership import Leadership
 from reconciler.observability import Metrics
-from reconciler.settings import load_settings
 from reconciler.simulator import Simulator
 from reconciler.store import Store
-from reconciler.wiring import open_controller
 from tests.conftest import DbNames
 from tests.integration.conftest import Env, EventTap, clinic_name
-from tests.integration.test_servers import environ, two_servers, write_config
-
-
-@asynccontextmanager
-async def split(env: Env, config: str) -> AsyncIterator[tuple[Controller, Controller]]:
-    """Two replicas, one leading br-1 (the fleet's decisions are its own), one leading br-2."""
-    settings = load_settings(environ(env, config))
-    async with AsyncExitStack() as stack:
-        replicas = []
-        for server in ("br-1", "br-2"):
-            controller = await stack.enter_async_context(open_controller(settings))
-            token = await controller.store.leases.acquire(server, controller.leadership.holder)
-            assert token is not None
-            controller.leadership.held[server] = token
-            replicas.append(controller)
-        yield replicas[0], replicas[1]
+from tests.integration.test_servers import name_on_both, split, two_servers, write_config
 
 
 def listings(sim: Simulator) -> int:
@@ -85,10 +65,7 @@ async def test_a_name_on_two_servers_is_flagged_once_whoever_leads(
         tmp_path: Path, events: EventTap) -> None:
     async with two_servers(("evo-a", "evo-b")) as (a, b):
         env = Env(database_url, redis_url, db_names, channel, a)
-        name = clinic_name()
-        a.add(name, state="open", owner_jid="5511900000005@s.whatsapp.net")
-        b.add(name, state="close")
-        await env.add_row(name)
+        name = await name_on_both(env, a, b)
         async with split(env, write_config(tmp_path, a, b)) as (first, second):
             for _ in range(3):
                 await second.run_pass()

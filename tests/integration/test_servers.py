@@ -44,6 +44,30 @@ async def once(env: Env, config: str) -> subprocess.CompletedProcess[str]:
         RECONCILER_EVOLUTION_URL="", RECONCILER_EVOLUTION_API_KEY="")
 
 
+@asynccontextmanager
+async def split(env: Env, config: str) -> AsyncIterator[tuple[Controller, Controller]]:
+    """Two replicas, one leading br-1 (the fleet's decisions are its own), one leading br-2."""
+    settings = load_settings(environ(env, config))
+    async with AsyncExitStack() as stack:
+        replicas = []
+        for server in ("br-1", "br-2"):
+            controller = await stack.enter_async_context(open_controller(settings))
+            token = await controller.store.leases.acquire(server, controller.leadership.holder)
+            assert token is not None
+            controller.leadership.held[server] = token
+            replicas.append(controller)
+        yield replicas[0], replicas[1]
+
+
+async def name_on_both(env: Env, a: Simulator, b: Simulator) -> str:
+    """One desired name listed by both servers (live on the first): `duplicate_name`."""
+    name = clinic_name()
+    a.add(name, state="open", owner_jid="5511900000005@s.whatsapp.net")
+    b.add(name, state="close")
+    await env.add_row(name)
+    return name
+
+
 def environ(env: Env, config: str) -> dict[str, str]:
     return {k: v for k, v in env.environ(RECONCILER_CONFIG=config).items()
             if k.startswith("RECONCILER_") and k not in (
@@ -97,16 +121,8 @@ async def test_split_leadership_acts_per_server_and_judges_across_all(
         await env.add_row(keeper_a)
         orphan_b = clinic_name(age=timedelta(days=2))
         b.add(orphan_b, state="close")
-        settings = load_settings(environ(env, write_config(tmp_path, a, b)))
-
-        replicas: list[Controller] = []
-        for server in ("br-1", "br-2"):
-            controller = await stack.enter_async_context(open_controller(settings))
-            token = await controller.store.leases.acquire(server, controller.leadership.holder)
-            assert token is not None
-            controller.leadership.held[server] = token
-            replicas.append(controller)
-        leader_a, leader_b = replicas
+        leader_a, leader_b = await stack.enter_async_context(
+            split(env, write_config(tmp_path, a, b)))
 
         for _ in range(3):
             result = await leader_a.run_pass()
@@ -126,10 +142,7 @@ async def test_one_name_on_two_servers_is_flagged_not_deleted(
         tmp_path: Path, events: EventTap) -> None:
     async with two_servers(("evo-a", "evo-b")) as (a, b):
         env = Env(database_url, redis_url, db_names, channel, a)
-        name = clinic_name()
-        a.add(name, state="open", owner_jid="5511900000005@s.whatsapp.net")
-        b.add(name, state="close")
-        await env.add_row(name)
+        name = await name_on_both(env, a, b)
         proc = await once(env, write_config(tmp_path, a, b))
         assert proc.returncode == 0, proc.stdout + proc.stderr
         out = json.loads(proc.stdout)
