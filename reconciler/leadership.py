@@ -49,6 +49,8 @@ class Leadership:
         """While stopping: when releasing must be over (the leases expire on their own)."""
         self.member = True
         """A replica of the daemon (heartbeats, takes its share); `once` is not one."""
+        self.gained = anyio.Event()
+        """Set when a renewal took a server over: the loop starts a pass at once (failover)."""
 
     def _preference(self, server: str) -> bytes:
         return hashlib.sha256(f"{self.holder}\0{server}".encode()).digest()
@@ -79,6 +81,7 @@ class Leadership:
             if new is not None:
                 if token is None or token.epoch != new.epoch:
                     log.info("leading server", server=server, epoch=new.epoch)
+                    self.gained.set()
                 self.held[server] = new
         self._export()
 

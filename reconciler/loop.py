@@ -5,9 +5,10 @@ once per interval however long a pass takes (SPEC 7: the load on Evolution per i
 depend on how the servers are spread over replicas).
 
 Hints today are the deletion trigger's NOTIFYs (SPEC 4.2): a tombstone wakes the next pass at
-once. On stop the loop is out within `RECONCILER_SHUTDOWN_SECONDS` (SPEC 7): the pass is
-cancelled, an action already sent to Evolution gets 60% of the budget to finish and be recorded
-(`shutdown.Grace`), releasing the leases what is left.
+once; so does a server taken over from a replica that died. On stop the loop is out within
+`RECONCILER_SHUTDOWN_SECONDS` (SPEC 7): the pass is cancelled, an action already sent to
+Evolution gets 60% of the budget to finish and be recorded (`shutdown.Grace`), releasing the
+leases what is left.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ async def run_forever(controller: Controller, stop: anyio.Event) -> None:
         tg.start_soon(stop_when_told)
         while not stop.is_set():
             wake = anyio.Event()  # a NOTIFY during the pass triggers the next one at once
+            controller.leadership.gained = anyio.Event()
             health.tick()
             started = anyio.current_time()
             with current_pass:
@@ -72,6 +74,7 @@ async def run_forever(controller: Controller, stop: anyio.Event) -> None:
 
                     waiters.start_soon(wait_for, wake)
                     waiters.start_soon(wait_for, stop)
+                    waiters.start_soon(wait_for, controller.leadership.gained)
         tg.cancel_scope.cancel()
 
 
