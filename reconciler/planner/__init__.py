@@ -8,10 +8,13 @@ Where each decision lives:
 - `status`: `disconnected`, `reconnected`, `missing`, the restart guard;
 - `duplicates`: `duplicate_number`, `duplicate_name`, `duplicate_row`, published once per group;
 - `outcomes`: delete results fed back into memory, retry backoff;
-- `core`: `plan()`, which composes them.
+- `scope`: a targeted reconcile's restricted inputs and the fleet counts its guards take;
+- `core`: `plan()`, which composes them, and `population()`, what a pass leaves for hints.
 """
 
-from reconciler.planner.core import plan
+from reconciler.planner.core import plan, population
 from reconciler.planner.outcomes import delete_backoff, record_outcomes
+from reconciler.planner.scope import Population, Scope, restricted
 
-__all__ = ["delete_backoff", "plan", "record_outcomes"]
+__all__ = ["Population", "Scope", "delete_backoff", "plan", "population", "record_outcomes",
+           "restricted"]

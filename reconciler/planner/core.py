@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from reconciler.model import (
@@ -11,16 +11,18 @@ from reconciler.model import (
     DesiredState,
     Drift,
     Memory,
+    ObservedInstance,
     Plan,
     Policy,
     ServerRead,
     StatusChange,
     Tombstone,
 )
-from reconciler.planner.duplicates import decide_duplicates
+from reconciler.planner.duplicates import DuplicateDecision, decide_duplicates
 from reconciler.planner.guards import baselines, guard_deletes, hold_missing
-from reconciler.planner.orphans import decide_orphans
-from reconciler.planner.status import decide_statuses, track_connections
+from reconciler.planner.orphans import decide_orphans, live_desired
+from reconciler.planner.scope import Population, Scope
+from reconciler.planner.status import decide_statuses, standings, track_connections
 from reconciler.planner.view import PassView, build_view, unmanaged_drift
 
 
@@ -30,12 +32,21 @@ def plan(
     memory: Memory,
     policy: Policy,
     now: datetime,
+    *,
+    scope: Scope | None = None,
+    recent_deletions: Mapping[str, int] | None = None,
 ) -> Plan:
-    """Pure: the same inputs give the same plan; `now` is the only clock."""
-    view = build_view(desired, reads, memory, policy, now)
+    """Pure: the same inputs give the same plan; `now` is the only clock.
+
+    With `scope` (a targeted reconcile, built by `scope.restricted`), the inputs hold only the
+    scope's names and the plan decides for them only; the duplicates, `missing` and the
+    baselines are left to passes. `recent_deletions` are counted by the blast radius.
+    """
+    view = build_view(desired, reads, memory, policy, now, scope, recent_deletions)
     orphans = decide_orphans(view)
     statuses = decide_statuses(view)
-    duplicates = decide_duplicates(view)
+    duplicates = (decide_duplicates(view) if scope is None
+                  else DuplicateDecision((), (), memory.reported_duplicates))
     actions = (
         *guard_deletes(view, orphans.candidates),
         *orphans.confirmations,
@@ -59,6 +70,30 @@ def plan(
         memory=next_memory,
         degraded_servers=statuses.degraded_servers,
     )
+
+
+def population(
+    desired: DesiredState,
+    reads: Sequence[ServerRead],
+    memory: Memory,
+    policy: Policy,
+    now: datetime,
+    previous: Population | None = None,
+) -> Population:
+    """What a pass saw, as the counts targeted plans take (a failed read keeps its previous)."""
+    view = build_view(desired, reads, memory, policy, now)
+    read_at = dict(previous.read_at) if previous else {}
+    listing = dict(previous.listing) if previous else {}
+    observed: dict[str, Mapping[str, ObservedInstance]] = (
+        dict(previous.observed) if previous else {})
+    for server, listed in view.managed.items():
+        read_at[server] = now
+        listing[server] = frozenset(i.name for i in listed)
+        observed[server] = {i.name: i for i in listed}
+    return Population(
+        read_at=read_at, listing=listing, observed=observed, rows=view.rows_by_name,
+        standings=standings(view), live_numbers=live_desired(view), claimed=desired.claimed,
+        invalid_rows=desired.invalid_rows)
 
 
 def _open_tombstones(view: PassView) -> dict[str, Tombstone]:

@@ -54,7 +54,8 @@ def blast_radius(view: PassView, server: str, deletions: int) -> Guard | None:
     policy = view.policy
     if deletions == 0 or policy.allow_mass_deletion:
         return None
-    managed = len(view.managed.get(server, ()))
+    managed = view.managed_total(server)
+    deletions += view.recent_deletions.get(server, 0)
     mass_loss = _mass_loss(view, server)
     if mass_loss is not None:
         return mass_loss
@@ -68,8 +69,8 @@ def blast_radius(view: PassView, server: str, deletions: int) -> Guard | None:
 
 
 def _mass_loss(view: PassView, server: str) -> Guard | None:
-    managed = len(view.managed.get(server, ()))
-    if not view.desired and managed > 0:
+    managed = view.managed_total(server)
+    if not view.desired_total and managed > 0:
         return Guard.EMPTY_DESIRED
     if collapsed(view, server):
         return Guard.COLLAPSE
@@ -82,8 +83,8 @@ def collapsed(view: PassView, server: str) -> bool:
     last = view.memory.last_counts.get(server)
     if last is None:
         return False
-    observed = len(view.managed.get(server, ()))
-    return 2 * len(view.desired) < last.desired or 2 * observed < last.observed
+    observed = view.managed_total(server)
+    return 2 * view.desired_total < last.desired or 2 * observed < last.observed
 
 
 def hold_missing(view: PassView, actions: Sequence[Action]) -> tuple[Action, ...]:
@@ -113,6 +114,8 @@ def baselines(
     a vanished desired set creates. `allow_mass_deletion` accepts the new counts.
     """
     counts = dict(view.memory.last_counts)
+    if view.scope is not None:
+        return counts  # a hint is not a pass: the baseline moves with passes only
     for server, listed in view.managed.items():
         held = (
             not view.policy.allow_mass_deletion

@@ -44,7 +44,7 @@ def decide_orphans(view: PassView) -> OrphanDecision:
     confirmations: list[Delete] = []
     instances: dict[Key, InstanceMemory] = {}
     contested: set[str] = set()
-    numbers = _live_desired_numbers(view)
+    numbers = live_desired_numbers(view)
     for server, listed in view.managed.items():
         for inst in listed:
             key = (server, inst.name)
@@ -60,7 +60,7 @@ def decide_orphans(view: PassView) -> OrphanDecision:
             if view.is_desired(inst.name):
                 instances[key] = _forget_orphan_history(base)
                 continue
-            entry = replace(
+            entry = base if view.scope else replace(  # a hint is not a pass: no streak
                 base,
                 orphan_since=base.orphan_since or view.now,
                 orphan_streak=base.orphan_streak + 1,
@@ -84,6 +84,8 @@ def decide_orphans(view: PassView) -> OrphanDecision:
                 continue
             drift.append(Drift(server, inst.name, DriftKind.ORPHAN, f"{reason}; {detail}"))
             candidates.append(_delete(view, inst, reason, base))
+        if view.scope is not None:
+            continue  # removals are verified by unfiltered listings only (SPEC 4.3)
         for remembered in view.remembered.get(server, ()):
             if remembered.instance_name in view.listed_on[server]:
                 continue
@@ -124,7 +126,11 @@ def _confirmation(
 ) -> tuple[bool, str]:
     """SPEC 4.3 rule 4: enough consecutive passes and old enough, or released by a tombstone."""
     if inst.name in view.memory.tombstones:
-        return True, "released by a tombstone"
+        if view.scope is None or view.scope.listed_lately(inst.server, inst.name, view.now):
+            return True, "released by a tombstone"
+        return False, "released by a tombstone; waits for a complete listing that holds it"
+    if view.scope is not None:
+        return False, "only a tombstone lets a hint delete; waits for the passes"
     policy = view.policy
     born = inst.created_at or entry.first_seen
     age = view.now - born
@@ -138,13 +144,20 @@ def _confirmation(
     return confirmed, detail
 
 
-def _live_desired_numbers(view: PassView) -> frozenset[str]:
-    return frozenset(
-        inst.number
+def live_desired_numbers(view: PassView) -> frozenset[str]:
+    """The numbers desired instances are live on; a scope adds the rest of the fleet's."""
+    outside = view.scope.live_numbers_outside() if view.scope else frozenset()
+    return outside | frozenset(live_desired(view).values())
+
+
+def live_desired(view: PassView) -> dict[str, str]:
+    """Desired instance name -> the number it is live on."""
+    return {
+        inst.name: inst.number
         for listed in view.managed.values()
         for inst in listed
         if inst.live is LiveState.OPEN and inst.number and view.is_desired(inst.name)
-    )
+    }
 
 
 def _shares_live_number(inst: ObservedInstance, numbers: frozenset[str]) -> bool:

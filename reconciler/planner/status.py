@@ -25,6 +25,7 @@ from reconciler.model import (
     RowStatus,
     StatusChange,
 )
+from reconciler.planner.scope import Standing
 from reconciler.planner.view import Key, PassView
 from reconciler.reasons import INSTANCE_MISSING, classify
 
@@ -84,25 +85,30 @@ def decide_statuses(view: PassView) -> StatusDecision:
     waiting: list[StatusChange] = []
     connected: Counter[str] = Counter()
     strained: Counter[str] = Counter()
-    rows = [r for r in view.desired if r.enabled and r.status in _TRACKED]
+    rows = tracked_rows(view)
     for row in rows:
         copies = view.copies_of(row.instance_name)
         if not copies:
             continue
         inst = next((c for c in copies if c.live is LiveState.OPEN), copies[0])
-        if row.status == RowStatus.CONNECTED:
+        part = standing(row, inst)
+        if part.connected:
             connected[inst.server] += 1
+            strained[inst.server] += part.strained
             if verdict(inst.live) is not False:
                 continue
             why = disconnect_of(inst)
             if why.terminal:
                 actions.append(_mark_disconnected(view, row, inst, why))
-                continue
-            strained[inst.server] += 1
-            if _confirmed_down(view, inst):
+            elif _confirmed_down(view, inst):
                 waiting.append(_mark_disconnected(view, row, inst, why))
         elif inst.live is LiveState.OPEN and inst.owner_jid:
             actions.append(_mark_connected(view, row, inst))
+    if view.scope is not None:
+        for server in {*connected, *(w.server for w in waiting)}:
+            outside = view.scope.wave_outside(server)
+            connected[server] += outside[0]
+            strained[server] += outside[1]
     degraded = frozenset(
         server
         for server, n in strained.items()
@@ -122,6 +128,28 @@ def decide_statuses(view: PassView) -> StatusDecision:
         missing_streaks=missing.streaks,
         missing_pending=missing.pending,
     )
+
+
+def tracked_rows(view: PassView) -> list[DesiredInstance]:
+    return [r for r in view.desired if r.enabled and r.status in _TRACKED]
+
+
+def standing(row: DesiredInstance, inst: ObservedInstance) -> Standing:
+    """A row's part in the restart wave: connected by its row, and transiently not live."""
+    connected = row.status == RowStatus.CONNECTED
+    strained = connected and verdict(inst.live) is False and not disconnect_of(inst).terminal
+    return Standing(inst.server, connected, strained)
+
+
+def standings(view: PassView) -> dict[str, tuple[Standing, ...]]:
+    """Every tracked row's standing, by instance name (what a targeted plan counts with)."""
+    parts: dict[str, tuple[Standing, ...]] = {}
+    for row in tracked_rows(view):
+        copies = view.copies_of(row.instance_name)
+        if copies:
+            inst = next((c for c in copies if c.live is LiveState.OPEN), copies[0])
+            parts[row.instance_name] = (*parts.get(row.instance_name, ()), standing(row, inst))
+    return parts
 
 
 def disconnect_of(inst: ObservedInstance) -> Disconnect:
@@ -179,6 +207,8 @@ class _Missing:
 def _decide_missing(view: PassView, rows: list[DesiredInstance]) -> _Missing:
     """Absent from every server, judged only when every server was read completely."""
     absent = sorted({r.instance_name for r in rows if not view.is_listed(r.instance_name)})
+    if view.scope is not None:  # judged by passes that read every server (SPEC 4.1)
+        return _Missing((), (), view.memory.missing_streaks, False)
     if not view.complete:
         known = view.memory.missing_streaks
         kept = {name: known[name] for name in absent if name in known}

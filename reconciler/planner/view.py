@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from uuid import UUID
 
@@ -26,6 +26,7 @@ from reconciler.model import (
     ServerRead,
 )
 from reconciler.names import instance_key
+from reconciler.planner.scope import Scope
 
 Key = tuple[str, str]
 """(server, instance name): how memory and actions address one instance."""
@@ -77,6 +78,20 @@ class PassView:
     """Servers whose read failed: nothing is decided from them, their memory is left alone."""
     remembered: Mapping[str, tuple[InstanceMemory, ...]]
     """Input memory entries by server."""
+    scope: Scope | None = None
+    """Set for a targeted reconcile (SPEC 4.5): the view holds only the scope's names."""
+    recent_deletions: Mapping[str, int] = field(default_factory=dict)
+    """Deletions per server already made within the sliding window (blast radius, SPEC 4.5)."""
+
+    @property
+    def desired_total(self) -> int:
+        """Desired rows of the whole fleet, also when the view holds only a scope."""
+        n = len(self.desired)
+        return self.scope.desired_total(n) if self.scope else n
+
+    def managed_total(self, server: str) -> int:
+        n = len(self.managed.get(server, ()))
+        return self.scope.managed_total(server, n) if self.scope else n
 
     @property
     def complete(self) -> bool:
@@ -117,6 +132,8 @@ def build_view(
     memory: Memory,
     policy: Policy,
     now: datetime,
+    scope: Scope | None = None,
+    recent_deletions: Mapping[str, int] | None = None,
 ) -> PassView:
     failed = frozenset(r.server for r in reads if not isinstance(r, ServerInventory))
     rows: dict[str, list[DesiredInstance]] = defaultdict(list)
@@ -167,6 +184,8 @@ def build_view(
         unmanaged=tuple(unmanaged[k] for k in sorted(unmanaged)),
         failed=failed,
         remembered={s: tuple(entries) for s, entries in remembered.items()},
+        scope=scope,
+        recent_deletions=dict(recent_deletions or {}),
     )
 
 
