@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import anyio
 import structlog
@@ -17,7 +18,7 @@ import structlog
 from reconciler import planner
 from reconciler.events import EventPublisher, relay_outbox
 from reconciler.evolution.client import EvolutionClient
-from reconciler.executor import Executor
+from reconciler.executor import ExecutionReport, Executor
 from reconciler.failpoints import reached
 from reconciler.leadership import Leadership
 from reconciler.model import (
@@ -37,6 +38,9 @@ from reconciler.recorder import PassRecorder, PassResult
 from reconciler.settings import Settings
 from reconciler.shutdown import Grace
 from reconciler.store import LeaseToken, Store, StoreError
+
+if TYPE_CHECKING:
+    from reconciler.targeted import Targeted
 
 log = structlog.get_logger()
 
@@ -74,6 +78,16 @@ class Controller:
         self.pass_lock = anyio.Lock()
         self.verify_timeout = 10.0
         """How long a pass waits for a deleted instance to leave the listing."""
+        self.apply_lock = anyio.Lock()
+        """Held by a pass while it applies and remembers, and by each targeted reconcile."""
+        self.population: planner.Population | None = None
+        """What the last pass saw, for targeted reconciles (SPEC 4.5)."""
+        self.deletions = DeletionWindow(settings.interval_seconds)
+        self.touched: dict[tuple[str, str], int] = {}
+        """(server, name) -> the generation a targeted reconcile last decided it in."""
+        self.generation = 0
+        self.targeted: Targeted | None = None
+        """The work queue's intake and drains (`wiring` connects them)."""
 
     async def run_pass(self, options: PassOptions = PassOptions()) -> PassResult:
         async with self.pass_lock:
@@ -96,17 +110,33 @@ class Controller:
         if read is None:
             return
         desired, memory = read
+        generation = self.generation
         await self._read_observed(result, desired, memory)
         self._plan(result, desired, memory, policy)
         if plan_only:
             return
+        self.population = planner.population(desired, result.reads, memory, policy,
+                                             result.started_at, self.population,
+                                             read_now=result.servers)
         try:
-            await self._apply(result, policy.mode, tokens)
-            await self._remember(result, memory, tokens)
+            async with self.apply_lock:
+                decided = self._decided_since(result, generation)
+                await self._apply(result, policy.mode, tokens)
+                await self._remember(result, memory, tokens, decided)
         except StoreError as exc:
             result.fail(result.servers, Stage.APPLY, str(exc))
             log.error("applying the plan failed", error=str(exc))
         await self.publish_outbox(result)
+
+    def _decided_since(self, result: PassResult, generation: int) -> set[tuple[str, str]]:
+        """Instances a targeted reconcile decided while this pass read: it decided from fresher
+        reads, so the pass leaves their actions and memory alone (one decision, one event id)."""
+        decided = {k for k, g in self.touched.items() if g > generation}
+        if decided and result.plan is not None:
+            result.plan = replace(result.plan, actions=tuple(
+                a for a in result.plan.actions if (a.server, a.instance_name) not in decided))
+        self.touched = {k: g for k, g in self.touched.items() if g > generation}
+        return decided
 
     async def _read_desired(self, result: PassResult) -> tuple[DesiredState, Memory] | None:
         try:
@@ -159,7 +189,8 @@ class Controller:
 
     def _plan(self, result: PassResult, desired: DesiredState, memory: Memory,
               policy: Policy) -> None:
-        everyone = planner.plan(desired, result.reads, memory, policy, result.started_at)
+        everyone = planner.plan(desired, result.reads, memory, policy, result.started_at,
+                                recent_deletions=self.deletions.counts(targeted_only=True))
         result.plan = for_leader(everyone, result.servers,
                                  fleet_leader=self.fleet_server in result.servers)
 
@@ -172,19 +203,21 @@ class Controller:
         try:
             await executor.execute(result.plan, result.started_at, result.report)
         finally:
+            self.deletions.add(result.report, targeted=False)
             for action, outcome, error in result.report.outcomes:
                 if outcome is Outcome.FAILED:
                     result.fail([action.server or self.fleet_server], Stage.APPLY,
                                 error or "failed")
 
     async def _remember(self, result: PassResult, memory: Memory,
-                        tokens: Mapping[str, LeaseToken]) -> None:
+                        tokens: Mapping[str, LeaseToken],
+                        decided: Collection[tuple[str, str]]) -> None:
         assert result.plan is not None
         remembered = planner.record_outcomes(result.plan.memory, result.report.delete_results,
                                              result.started_at)
         await reached("memory.save.before")
         await self.store.memory.save(remembered, servers=result.servers, leases=tokens,
-                                     fleet=self.fleet_server in result.servers)
+                                     fleet=self.fleet_server in result.servers, keep=decided)
         await reached("memory.save.after")
         for read in result.reads:
             if isinstance(read, ServerInventory) and read.server in tokens:
@@ -207,6 +240,30 @@ class Controller:
     def fleet_server(self) -> str:
         """The server whose leader takes the decisions that belong to no server (`missing`)."""
         return min(self.clients)
+
+
+class DeletionWindow:
+    """Deletions attempted per server over the last interval: the blast radius counts targeted
+    and periodic deletions together over this sliding window (SPEC 4.5). A pass counts the
+    targeted ones of the window with its own; a targeted reconcile counts them all."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._made: list[tuple[float, str, bool]] = []
+
+    def add(self, report: ExecutionReport, *, targeted: bool) -> None:
+        now = anyio.current_time()
+        self._made.extend((now, action.server, targeted)
+                          for action, _ in report.delete_results if not action.already_gone)
+
+    def counts(self, *, targeted_only: bool = False) -> dict[str, int]:
+        since = anyio.current_time() - self.seconds
+        self._made = [m for m in self._made if m[0] > since]
+        counts: dict[str, int] = {}
+        for _, server, targeted in self._made:
+            if targeted or not targeted_only:
+                counts[server] = counts.get(server, 0) + 1
+        return counts
 
 
 def refuse_shared_client_names(reads: Sequence[ServerRead]) -> list[ServerRead]:

@@ -4,8 +4,9 @@ The timer runs from the start of one pass to the start of the next, so that each
 once per interval however long a pass takes (SPEC 7: the load on Evolution per interval does not
 depend on how the servers are spread over replicas).
 
-Hints today are the deletion trigger's NOTIFYs (SPEC 4.2): a tombstone wakes the next pass at
-once; so does a server taken over from a replica that died. On stop the loop is out within
+Hints (SPEC 4.5: the triggers' NOTIFYs, webhooks, hints other replicas pass on) go to the work
+queue of `targeted`, which reconciles each instance alone; passes stay on the interval. A server
+taken over from a replica that died wakes a pass at once. On stop the loop is out within
 `RECONCILER_SHUTDOWN_SECONDS` (SPEC 7): the pass is cancelled, an action already sent to
 Evolution gets 60% of the budget to finish and be recorded (`shutdown.Grace`), releasing the
 leases what is left.
@@ -41,20 +42,34 @@ async def run_forever(controller: Controller, stop: anyio.Event) -> None:
         controller.grace.begin(budget * ACTIONS_SHARE)
         current_pass.cancel()
 
-    async def tombstones() -> None:
+    async def hints() -> None:
+        """NOTIFYs: into the work queue, or, without one, a pass at once."""
         while True:
             try:
-                async with controller.store.memory.listen_tombstones() as names:
-                    async for name in names:
-                        log.info("integration deleted; reconciling now", instance=name)
-                        wake.set()
+                async with controller.store.memory.listen_hints() as received:
+                    async for hint in received:
+                        log.info("hint", source=hint.source, server=hint.server or None,
+                                 instance=hint.name)
+                        if targeted is None or not targeted.offer(hint):
+                            wake.set()
             except StoreError as exc:
-                log.warning("tombstone listener failed; retrying", error=str(exc))
+                log.warning("hint listener failed; retrying", error=str(exc))
                 await anyio.sleep(LEASE_RENEW_EVERY)
 
+    async def pass_when_hints_need_one() -> None:
+        assert targeted is not None
+        while True:
+            await targeted.wake_pass.wait()
+            targeted.wake_pass = anyio.Event()
+            wake.set()
+
+    targeted = controller.targeted
     async with controller.leadership.leading(), anyio.create_task_group() as tg:
-        tg.start_soon(tombstones)
+        tg.start_soon(hints)
         tg.start_soon(stop_when_told)
+        if targeted is not None:
+            tg.start_soon(targeted.serve)
+            tg.start_soon(pass_when_hints_need_one)
         while not stop.is_set():
             wake = anyio.Event()  # a NOTIFY during the pass triggers the next one at once
             controller.leadership.gained = anyio.Event()

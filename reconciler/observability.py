@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -18,7 +18,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from reconciler import __version__
 from reconciler.model import (
@@ -40,6 +40,16 @@ METERED_ACTIONS = (
     ActionKind.MARK_CONNECTED,
     ActionKind.MARK_MISSING,
 )
+
+
+HINT_SOURCES = ("tombstone", "row", "webhook")
+WEBHOOK_EVENTS = ("connection.update", "status.instance", "logout.instance", "remove.instance",
+                  "instance.delete", "instance.create")
+"""The events that become hints (SPEC 4.6); every other one is `ignored` as `other`."""
+OTHER_EVENT = "other"
+WEBHOOK_RESULTS = ("accepted", "ignored", "unauthorized", "invalid")
+NO_SERVER = ""
+"""The `server` label of a webhook for no configured server (never the raw path segment)."""
 
 
 class Metrics:
@@ -96,6 +106,21 @@ class Metrics:
         self.replicas = Gauge(
             p + "replicas", "Live replicas this one sees (heartbeats within 15 s)", registry=r)
         self.replicas.set(1)
+        self.hints_total = Counter(
+            p + "hints", "Hints queued, by source", ["source"], registry=r)
+        self.queue_depth = Gauge(
+            p + "queue_depth", "Instance names waiting in the work queue", registry=r)
+        self.hint_to_converged_seconds = Histogram(
+            p + "hint_to_converged_seconds", "From a hint to its targeted reconcile finishing",
+            registry=r, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+        self.webhooks_received_total = Counter(
+            p + "webhooks_received", "Evolution webhooks received, by event and result",
+            ["server", "event", "result"], registry=r)
+        for source in HINT_SOURCES:
+            self.hints_total.labels(source=source)
+        for event in (*WEBHOOK_EVENTS, OTHER_EVENT):
+            for result in ("unauthorized", "invalid"):
+                self.webhooks_received_total.labels(server=NO_SERVER, event=event, result=result)
         self.build_info = Gauge(
             p + "build_info", "Always 1", ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)
@@ -131,6 +156,9 @@ class Metrics:
             self.guard_blocked_total.labels(server=server, guard=guard.value)
         self.server_degraded.labels(server=server)
         self.leader.labels(server=server)
+        for event in (*WEBHOOK_EVENTS, OTHER_EVENT):
+            for result in WEBHOOK_RESULTS:
+                self.webhooks_received_total.labels(server=server, event=event, result=result)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -160,7 +188,8 @@ class Health:
         return self.clock() - self.last_tick <= 3 * self.interval_seconds
 
 
-def http_app(metrics: Metrics, health: Health) -> Starlette:
+def http_app(metrics: Metrics, health: Health, extra: Sequence[BaseRoute] = ()) -> Starlette:
+    """`/metrics`, `/healthz`, `/readyz`, and `extra` (the webhook receiver)."""
     async def metrics_endpoint(_: Request) -> Response:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
@@ -177,6 +206,7 @@ def http_app(metrics: Metrics, health: Health) -> Starlette:
         Route("/metrics", metrics_endpoint),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
+        *extra,
     ])
 
 

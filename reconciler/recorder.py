@@ -92,7 +92,7 @@ class PassRecorder:
             if error.server in result.servers:
                 self.metrics.reconcile_errors_total.labels(
                     server=error.server, stage=error.stage.value).inc()
-        self._count_actions(result.report)
+        self.count_actions(result.report)
         self._export_state(result)
         failed_servers = {e.server for e in result.errors}
         for server in result.servers:
@@ -117,7 +117,7 @@ class PassRecorder:
                                                        stage=Stage.APPLY.value).inc()
             self.metrics.reconcile_total.labels(server=server, result="error").inc()
 
-    def _count_actions(self, report: ExecutionReport) -> None:
+    def count_actions(self, report: ExecutionReport) -> None:
         for action, outcome, _ in report.outcomes:
             server = self.metrics.server_label(action.server)
             if action.kind in METERED_ACTIONS:

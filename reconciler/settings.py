@@ -241,6 +241,8 @@ class Settings(BaseSettings):
     """Per-instance state probes per second, per server (SPEC 3)."""
     probe_interval_seconds: _Positive = 300.0
     """How often an instance's state is probed (SPEC 3)."""
+    hint_rps: _Positive = 20.0
+    """Targeted reconciles per second, per server: the work queue's rate (SPEC 4.5)."""
     http_timeout_seconds: _Positive = 60.0
     """Per request to Evolution (listing a large server is slow)."""
     shutdown_seconds: _Positive = 10.0

@@ -23,6 +23,8 @@ from reconciler.recorder import PassRecorder
 from reconciler.settings import Settings
 from reconciler.status_page import status_route
 from reconciler.store import IntegrationsTableMissing, Store
+from reconciler.targeted import Targeted
+from reconciler.webhooks import WebhookReceiver
 
 log = structlog.get_logger()
 
@@ -68,18 +70,25 @@ async def open_controller(settings: Settings, *, metrics: Metrics | None = None,
         publisher = EventPublisher(settings.redis_url, channel=settings.events_channel,
                                    stream=settings.events_stream)
         stack.push_async_callback(publisher.aclose)
-        yield Controller(settings, store, clients, publisher,
-                         Leadership(store.leases, names, metrics),
-                         PassRecorder(metrics, health, settings.policy()))
+        controller = Controller(settings, store, clients, publisher,
+                                Leadership(store.leases, names, metrics),
+                                PassRecorder(metrics, health, settings.policy()))
+        controller.targeted = Targeted(controller, settings.hint_rps)
+        yield controller
 
 
 @asynccontextmanager
 async def serving(controller: Controller, host: str, port: int) -> AsyncIterator[None]:
-    """`/metrics`, `/healthz`, `/readyz` and the status page `/` while the block runs."""
+    """`/metrics`, `/healthz`, `/readyz`, the status page `/` and the webhooks while the block
+    runs."""
     import uvicorn
 
     recorder = controller.recorder
-    app = http_app(recorder.metrics, recorder.health)
+    targeted = controller.targeted
+    receiver = WebhookReceiver(
+        token=controller.settings.webhook_token, servers=tuple(controller.clients),
+        offer=targeted.offer if targeted else (lambda _hint: False), metrics=recorder.metrics)
+    app = http_app(recorder.metrics, recorder.health, receiver.routes())
     app.router.routes.append(status_route(controller))
     server = uvicorn.Server(uvicorn.Config(
         app, host=host, port=port,

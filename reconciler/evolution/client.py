@@ -33,6 +33,7 @@ from reconciler.evolution.errors import (
     is_license_required,
 )
 from reconciler.evolution.live import LiveReader
+from reconciler.evolution.liveness import parse_connection_state
 from reconciler.evolution.transport import MAX_BODY, Answer, Transport
 from reconciler.evolution.wire import (
     API_LINES,
@@ -43,8 +44,16 @@ from reconciler.evolution.wire import (
     instance_path,
     line_from_listing,
     line_from_root,
+    path_segment,
 )
-from reconciler.model import ServerInventory, ServerRead, ServerReadError, Stage
+from reconciler.model import (
+    LiveState,
+    ObservedInstance,
+    ServerInventory,
+    ServerRead,
+    ServerReadError,
+    Stage,
+)
 from reconciler.observability import Metrics
 from reconciler.settings import ServerConfig
 
@@ -227,11 +236,11 @@ class EvolutionClient:
         self._api_line = detected
         return detected
 
-    def _parse(self, line: str, body: object) -> Listing:
+    def _parse(self, line: str, body: object, *, filtered: bool = False) -> Listing:
         """The listing, each odd item reported (its anomaly reaches logs, audit and output)."""
         try:
             if line == V1:
-                listing = v1.parse_listing(body, self._server.name)
+                listing = v1.parse_listing(body, self._server.name, filtered=filtered)
             else:
                 listing = v2.parse_listing(body, self._server.name)
         except ParseError as exc:
@@ -274,6 +283,36 @@ class EvolutionClient:
             client_name=self._client_name,
             instances=instances,
         )
+
+    async def read_instance(self, name: str) -> ServerRead:
+        """A hint's read of one instance (SPEC 4.5): the filtered listing for its stored fields,
+        `connectionState` for its live state (v2); an inventory of it alone, empty where the
+        server does not list it. Never raises for server trouble, like `read`."""
+        try:
+            line = self._api_line or self._settle_line(await self._read_root(), None)
+            path = f"/instance/fetchInstances?instanceName={path_segment(name)}"
+            answer = await self._http.send("fetchInstances", "GET", path)
+            body = None if answer.looks_html() else _safe_json(answer)
+            message = envelope_message(body) if isinstance(body, dict) else None
+            if answer.status in (404, 500) and _instance_gone(message):
+                instances: tuple[ObservedInstance, ...] = ()
+            elif answer.status != 200 or body is None or _error_flag(answer):
+                raise self._failure("fetchInstances", answer)
+            else:
+                instances = self._parse(line, body, filtered=True).instances
+            if line == V2 and instances:
+                state = await self._http.send(
+                    "connectionState", "GET", instance_path("connectionState", name))
+                live = (parse_connection_state(_safe_json(state)) if state.status == 200
+                        else LiveState.UNKNOWN)
+                instances = tuple(replace(i, live=live) for i in instances)
+        except EvolutionError as exc:
+            return ServerReadError(server=self._server.name, stage=Stage.READ_OBSERVED,
+                                   error=exc.message,
+                                   operator_error=isinstance(exc, OperatorError))
+        return ServerInventory(server=self._server.name, api_line=line, version=self._version,
+                               client_name=self._client_name,
+                               instances=tuple(i for i in instances if i.name == name))
 
     async def list_names(self) -> frozenset[str]:
         """Names the unfiltered listing holds now: how a deletion is verified."""

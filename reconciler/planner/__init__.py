@@ -12,9 +12,9 @@ Where each decision lives:
 - `core`: `plan()`, which composes them, and `population()`, what a pass leaves for hints.
 """
 
-from reconciler.planner.core import plan, population
+from reconciler.planner.core import plan, population, updated
 from reconciler.planner.outcomes import delete_backoff, record_outcomes
 from reconciler.planner.scope import Population, Scope, restricted
 
 __all__ = ["Population", "Scope", "delete_backoff", "plan", "population", "record_outcomes",
-           "restricted"]
+           "restricted", "updated"]

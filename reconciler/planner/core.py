@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
+from typing import TypeVar
 
 from reconciler.model import (
     Action,
@@ -24,6 +26,8 @@ from reconciler.planner.orphans import decide_orphans, live_desired
 from reconciler.planner.scope import Population, Scope
 from reconciler.planner.status import decide_statuses, standings, track_connections
 from reconciler.planner.view import PassView, build_view, unmanaged_drift
+
+T = TypeVar("T")
 
 
 def plan(
@@ -79,21 +83,51 @@ def population(
     policy: Policy,
     now: datetime,
     previous: Population | None = None,
+    read_now: Collection[str] | None = None,
 ) -> Population:
-    """What a pass saw, as the counts targeted plans take (a failed read keeps its previous)."""
+    """What a pass saw, as the counts targeted plans take (a failed read keeps its previous).
+    Only the servers of `read_now` (default: all) were listed by this pass itself; the others
+    came from their leaders' snapshots and leave the listing a tombstone may delete from alone."""
     view = build_view(desired, reads, memory, policy, now)
     read_at = dict(previous.read_at) if previous else {}
     listing = dict(previous.listing) if previous else {}
     observed: dict[str, Mapping[str, ObservedInstance]] = (
         dict(previous.observed) if previous else {})
     for server, listed in view.managed.items():
-        read_at[server] = now
-        listing[server] = frozenset(i.name for i in listed)
+        if read_now is None or server in read_now:
+            read_at[server] = now
+            listing[server] = frozenset(i.name for i in listed)
         observed[server] = {i.name: i for i in listed}
     return Population(
         read_at=read_at, listing=listing, observed=observed, rows=view.rows_by_name,
         standings=standings(view), live_numbers=live_desired(view), claimed=desired.claimed,
         invalid_rows=desired.invalid_rows)
+
+
+def updated(
+    population: Population,
+    names: frozenset[str],
+    desired: DesiredState,
+    reads: Sequence[ServerRead],
+    policy: Policy,
+    now: datetime,
+) -> Population:
+    """The population with `names` as a targeted reconcile just read them (`restricted`'s
+    inputs): their rows, observations, standings and live numbers; the listings stay."""
+    view = build_view(desired, reads, Memory(), policy, now)
+    observed = dict(population.observed)
+    for server, listed in view.managed.items():
+        kept = {n: i for n, i in observed.get(server, {}).items() if n not in names}
+        observed[server] = {**kept, **{i.name: i for i in listed}}
+    parts, numbers = standings(view), live_desired(view)
+
+    def merged(old: Mapping[str, T], new: Mapping[str, T]) -> dict[str, T]:
+        return {**{n: v for n, v in old.items() if n not in names}, **new}
+
+    return replace(population, observed=observed,
+                   rows=merged(population.rows, view.rows_by_name),
+                   standings=merged(population.standings, parts),
+                   live_numbers=merged(population.live_numbers, numbers))
 
 
 def _open_tombstones(view: PassView) -> dict[str, Tombstone]:

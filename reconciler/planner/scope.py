@@ -63,7 +63,6 @@ class Scope:
     population: Population
     max_listing_age: timedelta
     """A tombstone deletes only what a complete listing this young holds (SPEC 4.5)."""
-    recent_deletions: Mapping[str, int] = field(default_factory=dict)
 
     def desired_total(self, in_view: int) -> int:
         outside = sum(len(rows) for name, rows in self.population.rows.items()
@@ -100,7 +99,7 @@ def restricted(
     population: Population,
     names: frozenset[str],
     fresh: Sequence[ServerRead],
-    rows: Sequence[DesiredInstance],
+    rows: DesiredState,
     memory: Memory,
 ) -> tuple[DesiredState, list[ServerRead], Memory]:
     """plan()'s inputs for `names`: their point-read rows, the fresh reads, the population's
@@ -114,7 +113,7 @@ def restricted(
         reads.append(ServerInventory(
             server=server, api_line="", version=None, client_name=None,
             instances=tuple(listed[n] for n in sorted(names) if n in listed)))
-    desired = DesiredState(tuple(rows), claimed=population.claimed)
+    desired = DesiredState(rows.instances, claimed=population.claimed | rows.claimed)
     kept = Memory(
         instances={k: v for k, v in memory.instances.items() if k[1] in names},
         last_counts=memory.last_counts,

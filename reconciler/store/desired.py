@@ -6,6 +6,8 @@ deletion trigger an operator installs.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import structlog
 
 from reconciler.model import DesiredInstance, DesiredState
@@ -13,7 +15,17 @@ from reconciler.names import instance_key
 from reconciler.store.db import Database
 from reconciler.store.errors import IntegrationsTableMissing
 from reconciler.store.rows import DESIRED_COLUMNS, InvalidRow, LeaseToken, desired_from_row
-from reconciler.store.schema import TRIGGER, TRIGGER_FUNCTION, apply_migrations, render
+from reconciler.store.schema import (
+    ROW_HINT_FUNCTION,
+    ROW_HINT_TRIGGER,
+    TRIGGER,
+    TRIGGER_FUNCTION,
+    apply_migrations,
+    render,
+)
+
+if TYPE_CHECKING:
+    from reconciler.store.db import Conn
 
 log = structlog.get_logger(__name__)
 
@@ -71,24 +83,38 @@ class DesiredTable:
 
         With `lease`, the decision to delete is fenced too: LeaseLost if it is no longer current.
         """
-        key = instance_key(instance_name)
         leases = [lease] if lease else []
         async with self._db.transaction("re-checking the desired row", leases,
                                         table=True) as conn:
-            rows = await conn.fetch(
-                f"SELECT {DESIRED_COLUMNS} FROM {self._names.table}"
-                " WHERE type = 'whatsapp' AND provider = 'evolution'"
-                " AND (strpos(config::text, $1) > 0 OR strpos(config::text, chr(92)) > 0)",
-                key,
-            )
+            named, claimed = await self._naming(conn, instance_name)
+        return bool(named or claimed)
+
+    async def read_naming(self, instance_name: str) -> DesiredState:
+        """A hint's point read (SPEC 4.5): the rows naming the instance by the one name rule,
+        and whether a row that could not be read claims it."""
+        async with self._db.snapshot("reading the rows of one instance", table=True) as conn:
+            named, claimed = await self._naming(conn, instance_name)
+        return DesiredState(tuple(named), invalid_rows=0,
+                            claimed=frozenset({instance_key(instance_name)} if claimed else ()))
+
+    async def _naming(self, conn: Conn, instance_name: str) -> tuple[list[DesiredInstance], bool]:
+        key = instance_key(instance_name)
+        rows = await conn.fetch(
+            f"SELECT {DESIRED_COLUMNS} FROM {self._names.table}"
+            " WHERE type = 'whatsapp' AND provider = 'evolution'"
+            " AND (strpos(config::text, $1) > 0 OR strpos(config::text, chr(92)) > 0)"
+            " ORDER BY id",
+            key,
+        )
+        named: list[DesiredInstance] = []
+        claimed = False
         for row in rows:
             parsed = desired_from_row(row)
             if isinstance(parsed, InvalidRow):
-                if key in parsed.claims:
-                    return True
+                claimed = claimed or key in parsed.claims
             elif instance_key(parsed.instance_name) == key:
-                return True
-        return False
+                named.append(parsed)
+        return named, claimed
 
     async def check_table(self) -> None:
         """IntegrationsTableMissing unless the table exists with every column the daemon uses."""
@@ -113,10 +139,13 @@ class DesiredTable:
                 f"integrations table {table} has wrong column types: {', '.join(wrong)}")
 
     async def install_trigger(self) -> None:
-        """Add the deletion trigger of SPEC 4.2 (and the own schema it writes to)."""
+        """Add the deletion trigger of SPEC 4.2 and the row hints of 4.5 (and the own schema they
+        write to); run again, it upgrades both in place."""
         await apply_migrations(self._db)
         async with self._db.transaction("installing the deletion trigger", table=True) as conn:
             await conn.execute(render(TRIGGER_FUNCTION, self._names))
             await conn.execute(render(TRIGGER, self._names))
+            await conn.execute(render(ROW_HINT_FUNCTION, self._names))
+            await conn.execute(render(ROW_HINT_TRIGGER, self._names))
         log.info("trigger_installed", table=self._names.table_display,
                  channel=self._names.tombstone_channel)

@@ -15,6 +15,7 @@ import anyio
 import asyncpg
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from reconciler.hints import Hint
 from reconciler.model import InstanceMemory, Memory, PassCounts, Tombstone
 from reconciler.store.db import DB_ERRORS, Database
 from reconciler.store.names import SqlNames
@@ -76,6 +77,34 @@ class MemoryTables:
                                                       r["deleted_at"]) for r in tombstones},
         )
 
+    async def load_for(self, instance_names: Collection[str]) -> Memory:
+        """A hint's memory (SPEC 4.5): the observations and tombstones of these names only."""
+        own = self._names.own
+        wanted = sorted(set(instance_names))
+        async with self._db.snapshot("loading memory") as conn:
+            observations = await conn.fetch(
+                f"SELECT {', '.join(OBSERVATION_COLUMNS)} FROM {own}.observations"
+                " WHERE instance_name = ANY($1::text[])", wanted)
+            counts = await conn.fetch(f"SELECT server, desired, observed FROM {own}.pass_counts")
+            tombstones = await conn.fetch(
+                "SELECT instance_name, organization_id, deleted_at"
+                f" FROM {own}.tombstones WHERE instance_name = ANY($1::text[])", wanted)
+        instances = (instance_memory(r) for r in observations)
+        return Memory(
+            instances={(m.server, m.instance_name): m for m in instances},
+            last_counts={r["server"]: PassCounts(r["desired"], r["observed"]) for r in counts},
+            tombstones={r["instance_name"]: Tombstone(r["instance_name"], r["organization_id"],
+                                                      r["deleted_at"]) for r in tombstones},
+        )
+
+    async def save_instances(
+        self, entries: Collection[InstanceMemory], *, lease: LeaseToken
+    ) -> None:
+        """A hint's observations, upserted one by one under the server's lease."""
+        async with self._db.transaction("saving observations", [lease]) as conn:
+            for entry in entries:
+                await write_observation(conn, self._names, entry)
+
     async def save(
         self,
         memory: Memory,
@@ -83,9 +112,11 @@ class MemoryTables:
         servers: Collection[str],
         leases: Mapping[str, LeaseToken] | None = None,
         fleet: bool = True,
+        keep: Collection[tuple[str, str]] = (),
     ) -> None:
         """Replace the memory of `servers`, and with `fleet` (the leader of the first server)
-        the missing streaks and forget the duplicate groups that cleared.
+        the missing streaks and forget the duplicate groups that cleared. The observations of
+        `keep` (written by a hint since the pass loaded them) stay as they are.
 
         Tombstones are not written here: the trigger adds them and `retire_tombstones` removes
         the processed ones, so one deleted while this pass ran is never lost. Only the leader
@@ -94,13 +125,16 @@ class MemoryTables:
         """
         own = self._names.own
         chosen = sorted(set(servers))
-        observations = [observation_row(m) for m in memory.instances.values()
-                        if m.server in chosen]
+        kept = set(keep)
+        observations = [observation_row(m) for k, m in memory.instances.items()
+                        if m.server in chosen and k not in kept]
         counts = [(s, c.desired, c.observed) for s, c in memory.last_counts.items()
                   if s in chosen]
         async with self._db.transaction("saving memory", (leases or {}).values()) as conn:
-            await conn.execute(f"DELETE FROM {own}.observations WHERE server = ANY($1::text[])",
-                               chosen)
+            await conn.execute(
+                f"DELETE FROM {own}.observations WHERE server = ANY($1::text[])"
+                " AND NOT (server || chr(31) || instance_name) = ANY($2::text[])",
+                chosen, [f"{s}\x1f{n}" for s, n in kept])
             if observations:
                 await conn.copy_records_to_table(
                     "observations", schema_name=self._names.schema,
@@ -133,31 +167,44 @@ class MemoryTables:
         async with self._db.transaction("retiring tombstones", leases) as conn:
             await retire_tombstones(conn, self._names, instance_names)
 
+    async def pass_hint(self, hint: Hint) -> None:
+        """Hand a hint to the replicas listening (the leader of its server takes it)."""
+        async with self._db.transaction("passing a hint on") as conn:
+            await conn.execute("SELECT pg_notify($1, $2)", self._names.hint_channel,
+                               hint.to_json())
+
     @asynccontextmanager
-    async def listen_tombstones(self) -> AsyncIterator[MemoryObjectReceiveStream[str]]:
-        """Instance names as the trigger's NOTIFYs arrive, on a connection of their own.
+    async def listen_hints(self) -> AsyncIterator[MemoryObjectReceiveStream[Hint]]:
+        """Hints as NOTIFYs arrive, on a connection of their own: the deletion trigger's
+        tombstones, the row trigger's changes and the hints other replicas pass on.
 
         The stream ends when that connection is lost; the caller listens again, and runs a pass
         (whose `load` reads every tombstone) to catch what it missed.
         """
-        send, receive = anyio.create_memory_object_stream[str](max_buffer_size=_NOTIFY_BUFFER)
+        send, receive = anyio.create_memory_object_stream[Hint](max_buffer_size=_NOTIFY_BUFFER)
+        tombstones = self._names.tombstone_channel
 
-        def on_notify(_conn: object, _pid: int, _channel: str, payload: object) -> None:
+        def on_notify(_conn: object, _pid: int, channel: str, payload: object) -> None:
+            hint = (Hint("tombstone", "", str(payload)) if channel == tombstones
+                    else Hint.from_json(str(payload)))
+            if hint is None:
+                return
             with contextlib.suppress(anyio.WouldBlock, anyio.ClosedResourceError,
                                      anyio.BrokenResourceError):
-                send.send_nowait(str(payload))
+                send.send_nowait(hint)
 
         def on_terminate(_conn: object) -> None:
             send.close()
 
-        with self._db.failures("listening for tombstones"):
+        with self._db.failures("listening for hints"):
             conn = await asyncpg.connect(
                 self._db.dsn, timeout=10,
                 server_settings={"application_name": "evolution-reconciler-listen"})
         try:
             conn.add_termination_listener(on_terminate)
-            with self._db.failures("listening for tombstones"):
-                await conn.add_listener(self._names.tombstone_channel, on_notify)
+            with self._db.failures("listening for hints"):
+                await conn.add_listener(tombstones, on_notify)
+                await conn.add_listener(self._names.hint_channel, on_notify)
             with receive:
                 yield receive
         finally:

@@ -64,5 +64,14 @@ class SqlNames:
         return f"{self.schema}_tombstones"[:_MAX_IDENTIFIER]
 
     @property
+    def hint_channel(self) -> str:
+        """The NOTIFY channel of row hints and of hints passed to a server's leader (JSON)."""
+        return f"{self.schema}_hints"[:_MAX_IDENTIFIER]
+
+    @property
+    def row_trigger_name(self) -> str:
+        return f"{self.schema}_row_hint"[:_MAX_IDENTIFIER]
+
+    @property
     def trigger_name(self) -> str:
         return f"{self.schema}_tombstone"[:_MAX_IDENTIFIER]

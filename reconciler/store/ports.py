@@ -12,6 +12,7 @@ from typing import Protocol
 
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from reconciler.hints import Hint
 from reconciler.model import (
     Action,
     Delete,
@@ -31,6 +32,8 @@ class DesiredSource(Protocol):
     """The integrations table: what should exist (`DesiredTable`)."""
 
     async def read(self) -> DesiredState: ...
+
+    async def read_naming(self, instance_name: str) -> DesiredState: ...
 
     async def row_names_instance(
         self, instance_name: str, *, lease: LeaseToken | None = None
@@ -53,15 +56,24 @@ class MemoryStore(Protocol):
         servers: Collection[str],
         leases: Mapping[str, LeaseToken] | None = None,
         fleet: bool = True,
+        keep: Collection[tuple[str, str]] = (),
     ) -> None: ...
 
     async def retire_tombstones(
         self, instance_names: Collection[str], *, leases: Iterable[LeaseToken] = ()
     ) -> None: ...
 
-    def listen_tombstones(
+    async def load_for(self, instance_names: Collection[str]) -> Memory: ...
+
+    async def save_instances(
+        self, entries: Collection[InstanceMemory], *, lease: LeaseToken
+    ) -> None: ...
+
+    async def pass_hint(self, hint: Hint) -> None: ...
+
+    def listen_hints(
         self,
-    ) -> AbstractAsyncContextManager[MemoryObjectReceiveStream[str]]: ...
+    ) -> AbstractAsyncContextManager[MemoryObjectReceiveStream[Hint]]: ...
 
 
 class DecisionLog(Protocol):

@@ -168,6 +168,36 @@ CREATE TRIGGER {trigger} AFTER DELETE ON {table}
 """
 """Drop and create in one transaction rather than CREATE OR REPLACE TRIGGER (PostgreSQL 14+)."""
 
+ROW_HINT_FUNCTION = """
+CREATE OR REPLACE FUNCTION {own}.hint_row_change() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    name text;
+BEGIN
+    FOREACH name IN ARRAY ARRAY[
+        CASE WHEN jsonb_typeof(NEW.config -> 'instance_name') = 'string'
+             THEN NEW.config ->> 'instance_name' END,
+        CASE WHEN TG_OP = 'UPDATE' AND jsonb_typeof(OLD.config -> 'instance_name') = 'string'
+             THEN OLD.config ->> 'instance_name' END]
+    LOOP
+        IF name IS NOT NULL AND btrim(name) <> '' AND length(name) <= {max_name} THEN
+            PERFORM pg_notify({hint_channel},
+                              json_build_object('source', 'row', 'name', name)::text);
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$fn$
+"""
+"""A hint only (SPEC 4.5): the targeted reconcile reads the row itself. An UPDATE that renames
+the instance hints the old name too, which may now be an orphan."""
+
+ROW_HINT_TRIGGER = """
+DROP TRIGGER IF EXISTS {row_trigger} ON {table};
+CREATE TRIGGER {row_trigger} AFTER INSERT OR UPDATE OF config, enabled, status ON {table}
+    FOR EACH ROW EXECUTE FUNCTION {own}.hint_row_change();
+"""
+
 
 def render(template: str, names: SqlNames) -> str:
     """Fill in the validated, quoted names; by replacement, not `str.format`, so SQL braces stay."""
@@ -176,6 +206,8 @@ def render(template: str, names: SqlNames) -> str:
         .replace("{table}", names.table)
         .replace("{trigger}", f'"{names.trigger_name}"')
         .replace("{channel}", f"'{names.tombstone_channel}'")
+        .replace("{hint_channel}", f"'{names.hint_channel}'")
+        .replace("{row_trigger}", f'"{names.row_trigger_name}"')
         .replace("{max_name}", str(MAX_INSTANCE_NAME))
     )
 

@@ -38,9 +38,9 @@ def targeted(target: str, state: State, reads: list[ServerRead], memory: Memory,
     fresh: list[ServerRead] = [
         replace(r, instances=tuple(i for i in r.instances if i.name == target))
         for r in reads if isinstance(r, ServerInventory)]
-    rows = [r for r in state.instances if r.instance_name == target]
+    rows = State(tuple(r for r in state.instances if r.instance_name == target))
     inputs = planner.restricted(population, names, fresh, rows, memory)
-    scope = planner.Scope(names, population, WINDOW, recent or {})
+    scope = planner.Scope(names, population, WINDOW)
     return planner.plan(*inputs, policy, NOW, scope=scope, recent_deletions=recent)
 
 
@@ -123,7 +123,7 @@ def test_a_hint_deletes_only_by_a_tombstone_and_a_fresh_listing() -> None:
     assert plan.memory.instances[("s1", orphan)].orphan_streak == 5
     stale = planner.population(state, [listed], memory, ENFORCE, NOW - 2 * WINDOW)
     tomb = replace(memory, tombstones={orphan: Tombstone(orphan, ORGS[0], ago(1))})
-    inputs = planner.restricted(stale, frozenset({orphan}), [listed], [], tomb)
+    inputs = planner.restricted(stale, frozenset({orphan}), [listed], State(()), tomb)
     late = planner.plan(*inputs, ENFORCE, NOW,
                         scope=planner.Scope(frozenset({orphan}), stale, WINDOW))
     assert not late.actions
