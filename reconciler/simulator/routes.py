@@ -127,6 +127,7 @@ class Routes(SimState):
                                number=fields.get("number"),
                                state="close" if integration == INTEGRATIONS[0] else "open")
         self._instances[name] = instance
+        self._emit("instance.create", instance, {"instanceName": name, "instanceId": instance.id})
         qrcode = self._start_session(instance) if fields.get("qrcode") is True else None
         status = instance.state if self.pairing or qrcode is None else "close"
         return v2_created(self, instance, fields, status, qrcode)
@@ -208,6 +209,9 @@ class Routes(SimState):
                 return envelope(400, ["[object Object]"])
             if not instance.socket_dead:
                 self._log_out(instance)
+        self._emit("instance.delete", instance,
+                   {"instanceName": instance.name, "instanceId": instance.id})
+        self._emit("remove.instance", instance, None)
         if self._v1 or self.delete_delay <= 0:
             del self._instances[instance.name]
         elif instance.deleting_until is None:

@@ -196,6 +196,8 @@ class Simulator(Routes):
                 await asyncio.sleep(0.005)
 
     async def _stop(self) -> None:
+        if self.webhooks is not None:
+            self.webhooks.close()
         if self._stopping is not None:
             self._stopping.set()
         if self._server is not None and self._serve_task is not None:

@@ -16,10 +16,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from reconciler.evolution.wire import version_tuple
+from reconciler.simulator.webhooks import WebhookSender
 
 VERSIONS = ("1.8.2", "1.8.7", "2.2.0", "2.3.6", "2.3.7", "2.4.0-rc2")
 INTEGRATIONS = ("WHATSAPP-BAILEYS", "WHATSAPP-BUSINESS", "EVOLUTION")
 STATES = ("open", "connecting", "close")
+
+TERMINAL_CODES = frozenset({401, 402, 403, 406})
+"""Closes Evolution does not reconnect from (v2); they send the close webhooks."""
 
 
 def utcnow() -> datetime:
@@ -156,6 +160,24 @@ class SimState:
         self._port = port
         self._lock = threading.RLock()
         self._instances: dict[str, SimInstance] = {}
+        self.webhooks: WebhookSender | None = None
+        """Set by `send_webhooks`: the state changes below then send Evolution's webhooks."""
+
+    def send_webhooks(self, url: str, *, by_events: bool = False,
+                      global_only: bool = False) -> WebhookSender:
+        """Send webhooks to `url` from now on (WEBHOOK_GLOBAL_URL, or a per-instance one)."""
+        self.webhooks = WebhookSender(url, server_url=self.url, v1=self._v1,
+                                      by_events=by_events, global_only=global_only)
+        return self.webhooks
+
+    def _emit(self, event: str, instance: SimInstance, data: object) -> None:
+        if self.webhooks is not None:
+            self.webhooks.emit(event, instance.name, data, instance.owner_jid)
+
+    def _emit_close(self, instance: SimInstance, code: int) -> None:
+        if self.webhooks is not None:
+            self.webhooks.terminal_close(instance.name, code, utcnow(),
+                                         instance.disconnection_object, instance.owner_jid)
 
     @property
     def url(self) -> str:
@@ -236,6 +258,12 @@ class SimState:
                 instance.disconnection_object = disconnect_object
                 instance.disconnection_object_raw = None
                 instance.disconnection_at = now
+            if state == "close" and code in TERMINAL_CODES:
+                self._emit_close(instance, code)
+            elif state != "close":
+                reason = 428 if state == "refused" else 200
+                self._emit("connection.update", instance,
+                           {"instance": name, "state": state, "statusReason": reason})
 
     # --- transitions the routes share --------------------------------------------------------
 
@@ -264,6 +292,7 @@ class SimState:
         return {"count": 0}
 
     def _log_out(self, instance: SimInstance) -> None:
+        """Evolution's close-401 path: recorded (v2), then its webhooks."""
         now = utcnow()
         instance.state = "close"
         instance.stored_status = None
@@ -274,4 +303,4 @@ class SimState:
             instance.disconnection_object = api_logout_object(instance.name, now)
             instance.disconnection_object_raw = None
             instance.disconnection_at = now
-
+        self._emit_close(instance, 401)
