@@ -34,6 +34,8 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_pass.py --instances 10000
 	$(PY) benchmarks/bench_read.py
 	$(PY) benchmarks/bench_consumer.py
+	$(PY) benchmarks/bench_hints.py --instances 1000
+	$(PY) benchmarks/bench_hints.py --instances 10000
 
 bench-scale: $(VENV)/.installed
 	$(PY) benchmarks/bench_scale.py

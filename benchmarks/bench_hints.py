@@ -31,20 +31,19 @@ from datetime import UTC, datetime
 from importlib import resources
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
 
 import anyio
 import asyncpg
 import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_pass import free_port  # noqa: E402
+from bench_pass import free_port
 
-from reconciler.controller import Controller  # noqa: E402
-from reconciler.loop import run_forever  # noqa: E402
-from reconciler.observability import configure_logging  # noqa: E402
-from reconciler.settings import load_settings  # noqa: E402
-from reconciler.wiring import open_controller, serving  # noqa: E402
+from reconciler.controller import Controller
+from reconciler.loop import run_forever
+from reconciler.observability import configure_logging
+from reconciler.settings import load_settings
+from reconciler.wiring import open_controller, serving
 
 KEY = "bench-key"
 TOKEN = "bench-hook-token"
@@ -88,7 +87,7 @@ def passes(controller: Controller) -> float:
 
 def summary(label: str, latencies: list[float], costs: list[float]) -> str:
     ordered = sorted(latencies)
-    p95 = ordered[min(len(ordered) - 1, int(round(0.95 * len(ordered))) - 1)]
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * len(ordered)) - 1)]
     cost = (f"{statistics.mean(costs):.1f} requests/hint (min {min(costs):.0f}, max "
             f"{max(costs):.0f}, {len(costs)} hints without a pass)" if costs else "n/a")
     return (f"  {label}: n={len(ordered)} p50 {statistics.median(ordered) * 1000:.0f} ms, "
@@ -134,6 +133,7 @@ async def bench(instances: int, hints: int) -> None:
         configure_logging("console", "error")
         await pubsub.subscribe(channel)
         arrived: dict[tuple[str, str], float] = {}
+        awaited: dict[tuple[str, str], anyio.Event] = {}
         async with open_controller(settings) as controller, \
                 serving(controller, "127.0.0.1", port), anyio.create_task_group() as tg:
             stop = anyio.Event()
@@ -145,14 +145,19 @@ async def bench(instances: int, hints: int) -> None:
                                                        timeout=0.01)
                     if message is not None:
                         event = json.loads(message["data"])
-                        arrived[(event["type"], event["instance_name"])] = time.time()
+                        key = (event["type"], event["instance_name"])
+                        arrived[key] = time.time()
+                        if key in awaited:
+                            awaited[key].set()
 
             tg.start_soon(listen)
-            with anyio.fail_after(120):
-                while controller.population is None:
-                    await anyio.sleep(0.05)
+            for _ in range(2400):  # the first pass, within two minutes
+                if controller.population is not None:
+                    break
+                await anyio.sleep(0.05)
             await controller.store.desired.install_trigger()
-            parent.send(("webhooks", f"http://127.0.0.1:{port}/webhooks/evolution/default/{TOKEN}"))
+            hook = f"http://127.0.0.1:{port}/webhooks/evolution/default/{TOKEN}"
+            parent.send(("webhooks", hook))
             parent.recv()
             rng = random.Random(instances)
             live = [n for i, n in enumerate(names) if i % 5 in (0, 1, 2)]
@@ -165,20 +170,20 @@ async def bench(instances: int, hints: int) -> None:
                 latencies: list[float] = []
                 costs: list[float] = []
                 for name in chosen:
+                    kind = "instance.removed" if label.startswith("(a)") else (
+                        "instance.disconnected")
+                    done = awaited[(kind, name)] = anyio.Event()
                     before, passes_before = requests_made(controller), passes(controller)
                     if label.startswith("(a)"):
-                        kind = "instance.removed"
                         at = time.time()
                         await conn.execute(
                             f'DELETE FROM "{app_schema}".integrations'
                             " WHERE config->>'instance_name' = $1", name)
                     else:
-                        kind = "instance.disconnected"
                         parent.send(("close", name))
                         at = parent.recv()
                     with anyio.fail_after(60):
-                        while (kind, name) not in arrived:
-                            await anyio.sleep(0.002)
+                        await done.wait()
                     latencies.append(arrived[(kind, name)] - at)
                     await anyio.sleep(0.05)  # the reconcile's last requests are counted
                     if passes(controller) == passes_before:
