@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import socket
 import sys
@@ -50,6 +51,9 @@ class Incident:
     org_c: uuid.UUID = field(default_factory=uuid.uuid4)
     org_d: uuid.UUID = field(default_factory=uuid.uuid4)
     org_e: uuid.UUID = field(default_factory=uuid.uuid4)
+    org_f: uuid.UUID = field(default_factory=uuid.uuid4)
+    closed_at: float | None = None
+    """When the phone removed the linked device of `unlinked` (the webhook's story)."""
 
     @property
     def orphan(self) -> str:
@@ -70,6 +74,10 @@ class Incident:
     @property
     def young(self) -> str:
         return _name(self.org_e, self.now)
+
+    @property
+    def unlinked(self) -> str:
+        return _name(self.org_f, self.now - timedelta(days=20))
 
     unmanaged: str = "marketing-bot"
 
@@ -100,6 +108,8 @@ def seed_simulator(sim: Simulator, inc: Incident) -> None:
     sim.add(inc.unmanaged, state="open", owner_jid="5511933332222@s.whatsapp.net",
             created_at=inc.now - timedelta(days=100))
     sim.add(inc.young, state="connecting", created_at=inc.now)
+    sim.add(inc.unlinked, state="open", owner_jid="5511944443333@s.whatsapp.net",
+            created_at=inc.now - timedelta(days=20))
 
 
 async def seed_database(dsn: str, inc: Incident) -> None:
@@ -111,6 +121,7 @@ async def seed_database(dsn: str, inc: Incident) -> None:
             (inc.org_a, "connected", inc.replacement),
             (inc.org_c, "connected", inc.disconnected),
             (inc.org_d, "connected", inc.healthy),
+            (inc.org_f, "connected", inc.unlinked),
         ]
         for org, status, name in rows:
             await conn.execute(
@@ -173,6 +184,7 @@ async def _demo(tmp: str, interval: float, until_converged: bool, timeout: float
                 "RECONCILER_INTERVAL_SECONDS": str(interval),
                 "RECONCILER_ORPHAN_GRACE_SECONDS": str(max(4 * interval, 10)),
                 "RECONCILER_HTTP_ADDR": f"127.0.0.1:{port}",
+                "RECONCILER_WEBHOOK_TOKEN": secrets.token_urlsafe(16),
                 "RECONCILER_LOG_LEVEL": "warning",
             })
             configure_logging("console", "warning")
@@ -213,12 +225,17 @@ async def _converge(settings: Any, sim: Simulator, inc: Incident, redis_url: str
     def on_event(event: dict[str, Any]) -> None:
         seen.append(event)
         _say(f"  event {event['type']:<22} {event['instance_name']}  reason={event['reason']}")
+        if event["instance_name"] == inc.unlinked and inc.closed_at is not None:
+            _say(f"  marked {(time.monotonic() - inc.closed_at) * 1000:.0f} ms after the close"
+                 f" (passes run every {settings.interval_seconds:g} s; the webhook was a hint)")
 
     deadline = None if timeout is None else time.monotonic() + timeout
     stop, interrupted = anyio.Event(), anyio.Event()
     async with open_controller(settings) as controller, \
             serving(controller, "127.0.0.1", port), anyio.create_task_group() as tg:
         await controller.store.desired.install_trigger()
+        sim.send_webhooks(f"http://127.0.0.1:{port}/webhooks/evolution/default/"
+                          f"{settings.webhook_token}")
         tg.start_soon(_watch_events, redis_url, on_event)
         controller.recorder.on_pass = PassPrinter()
         tg.start_soon(run_forever, controller, stop)
@@ -264,6 +281,11 @@ async def _story(step: int, sim: Simulator, inc: Incident, dsn: str) -> None:
         instance = sim.get(inc.young)
         if instance is not None:
             instance.owner_jid = "5511922221111@s.whatsapp.net"
+    if step == 3:
+        _say(f"phone: {inc.unlinked} is unlinked (401 device_removed); Evolution's webhook"
+             " tells the daemon")
+        inc.closed_at = time.monotonic()
+        sim.set_state(inc.unlinked, "close", code=401, disconnect_object=DEVICE_REMOVED)
     if step == 4:
         _say(f"user: deletes the integration of {inc.healthy}; the trigger tells the daemon")
         conn = await asyncpg.connect(dsn)
@@ -314,10 +336,11 @@ def _converged(sim: Simulator, inc: Incident, events: list[dict[str, Any]]) -> b
     return (
         inc.orphan not in names
         and inc.healthy not in names
-        and {inc.replacement, inc.disconnected, inc.unmanaged, inc.young} <= names
+        and {inc.replacement, inc.disconnected, inc.unmanaged, inc.young, inc.unlinked} <= names
         and ("instance.removed", inc.orphan) in kinds
         and ("instance.removed", inc.healthy) in kinds
         and ("instance.disconnected", inc.disconnected) in kinds
+        and ("instance.disconnected", inc.unlinked) in kinds
         and ("instance.connected", inc.young) in kinds
     )
 

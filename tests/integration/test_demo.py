@@ -21,6 +21,7 @@ def test_demo_converges_on_the_embedded_stack() -> None:
     assert "event instance.removed" in out and "reason=duplicate_number" in out
     assert "event instance.disconnected" in out and "reason=device_removed" in out
     assert "event instance.connected" in out
+    assert "ms after the close (passes run every" in out
     assert "/metrics" in out and "status page at http://127.0.0.1:" in out
 
 
