@@ -133,6 +133,16 @@ class Env:
             return await conn.execute(query, *args)
 
 
+async def keeper_and_orphan(env: Env, sim: Simulator) -> tuple[str, str]:
+    """A desired live instance and a two-day-old closed orphan beside it on `sim`."""
+    keeper = clinic_name()
+    sim.add(keeper, state="open", owner_jid="5511900000009@s.whatsapp.net")
+    await env.add_row(keeper)
+    orphan = clinic_name(age=timedelta(days=2))
+    sim.add(orphan, state="close")
+    return keeper, orphan
+
+
 @pytest.fixture
 async def env(database_url: str, redis_url: str, db_names: DbNames, channel: str,
               sim: Simulator) -> AsyncIterator[Env]:

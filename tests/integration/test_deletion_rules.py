@@ -13,7 +13,14 @@ import pytest
 
 from reconciler.simulator import Simulator
 from tests.conftest import DbNames
-from tests.integration.conftest import API_KEY, Env, EventTap, clinic_name, controller_for
+from tests.integration.conftest import (
+    API_KEY,
+    Env,
+    EventTap,
+    clinic_name,
+    controller_for,
+    keeper_and_orphan,
+)
 from tests.integration.test_incident import seed_incident
 
 ENFORCE = {"RECONCILER_MODE": "enforce", "RECONCILER_ORPHAN_CONFIRMATIONS": "1"}
@@ -93,11 +100,7 @@ async def test_a_row_inserted_mid_pass_stops_the_delete(
     and it must decide with the planner's name rule (SPEC 3, 4.3 rule 5)."""
     async with Simulator(api_key=API_KEY) as sim:
         env = Env(database_url, redis_url, db_names, channel, sim)
-        keeper = clinic_name()
-        sim.add(keeper, state="open", owner_jid="5511900000009@s.whatsapp.net")
-        await env.add_row(keeper)
-        orphan = clinic_name(age=timedelta(days=2))
-        sim.add(orphan, state="close")
+        _, orphan = await keeper_and_orphan(env, sim)
         sim.fault("fetchInstances", delay=0.5, times=1)
         async with controller_for(env, sim) as controller:
 

@@ -4,13 +4,18 @@ event owed for what did happen is published by a later pass."""
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
 
 import anyio
 
 from reconciler.simulator import Simulator
 from tests.conftest import DbNames
-from tests.integration.conftest import API_KEY, Env, EventTap, clinic_name, controller_for
+from tests.integration.conftest import (
+    API_KEY,
+    Env,
+    EventTap,
+    controller_for,
+    keeper_and_orphan,
+)
 
 
 async def test_database_lost_between_delete_and_audit(
@@ -18,11 +23,7 @@ async def test_database_lost_between_delete_and_audit(
         events: EventTap) -> None:
     async with Simulator(api_key=API_KEY) as sim:
         env = Env(database_url, redis_url, db_names, channel, sim)
-        keeper = clinic_name()
-        sim.add(keeper, state="open", owner_jid="5511900000009@s.whatsapp.net")
-        await env.add_row(keeper)
-        orphan = clinic_name(age=timedelta(days=2))
-        sim.add(orphan, state="close")
+        keeper, orphan = await keeper_and_orphan(env, sim)
         sim.fault("delete", delay=0.5, times=1)
         async with controller_for(env, sim) as controller:
 
