@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from reconciler.simulator.server import Simulator, seed
+from reconciler.simulator.server import ENDPOINTS, Simulator, seed
 from reconciler.simulator.state import VERSIONS
 
 
@@ -26,11 +26,16 @@ def main(argv: list[str] | None = None) -> None:
                         help="seconds a deleted v2 instance stays listed")
     parser.add_argument("--seed", type=int, default=0, metavar="N",
                         help="start with N platform-named instances")
+    parser.add_argument("--latency", type=float, default=0.0, metavar="SECONDS",
+                        help="answer every request after this long (benchmarks)")
     args = parser.parse_args(argv)
     simulator = Simulator(api_key=args.api_key, version=args.version,
                           client_name=args.client_name, metrics_enabled=args.metrics,
                           delete_delay=args.delete_delay, host=args.host, port=args.port)
     seed(simulator, args.seed)
+    if args.latency > 0:
+        for endpoint in ENDPOINTS:
+            simulator.fault(endpoint, delay=args.latency)
     simulator.run()
 
 
