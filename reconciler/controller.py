@@ -7,7 +7,7 @@ that fails on its own (`reconcile_errors_total{stage}`) without taking the loop 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -106,12 +106,11 @@ class Controller:
 
     async def _reconcile(self, result: PassResult, policy: Policy,
                          tokens: Mapping[str, LeaseToken], plan_only: bool) -> None:
-        read = await self._read_desired(result)
+        generation = self.generation
+        read = await self._read(result)
         if read is None:
             return
         desired, memory = read
-        generation = self.generation
-        await self._read_observed(result, desired, memory)
         self._plan(result, desired, memory, policy)
         if plan_only:
             return
@@ -146,21 +145,47 @@ class Controller:
             result.fail(result.servers, Stage.READ_DESIRED, str(exc))
             return None
 
-    async def _read_observed(self, result: PassResult, desired: DesiredState,
-                             memory: Memory) -> None:
+    async def _read(self, result: PassResult) -> tuple[DesiredState, Memory] | None:
+        """Desired state and memory are read while the servers are: a pass costs the slowest
+        of its reads, not their sum. Only live-state probes wait for the desired names (they
+        probe those first). A failed database read stops the servers' reads: nothing is
+        decided without the desired state."""
+        read: tuple[DesiredState, Memory] | None = None
+        desired_read = anyio.Event()
+
+        async def want_live() -> set[str]:
+            await desired_read.wait()
+            if read is None:
+                return set()
+            desired, memory = read
+            return {d.instance_name for d in desired.instances} | {
+                m.instance_name for m in memory.instances.values() if m.orphan_streak > 0}
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._read_observed, result, want_live)
+            read = await self._read_desired(result)
+            desired_read.set()
+            if read is None:
+                tg.cancel_scope.cancel()
+        return read
+
+    async def _read_observed(self, result: PassResult,
+                             want_live: Callable[[], Awaitable[Collection[str]]]) -> None:
         """The servers this replica leads are read from Evolution (once per interval, SPEC 7);
         every other server from the snapshot its leader keeps, so that `missing` and the
         duplicates are judged across all of them. A server with no fresh snapshot counts as
         unread: nothing that spans servers is decided, and nothing is deleted."""
-        want_live = {d.instance_name for d in desired.instances} | {
-            m.instance_name for m in memory.instances.values() if m.orphan_streak > 0}
-        reads: dict[str, ServerRead] = await self._snapshots_of(
-            [s for s in self.clients if s not in result.servers])
+        reads: dict[str, ServerRead] = {}
 
         async def read_one(server: str) -> None:
             reads[server] = await self.clients[server].read(want_live=want_live)
 
+        async def read_snapshots() -> None:
+            reads.update(await self._snapshots_of(
+                [s for s in self.clients if s not in result.servers]))
+
         async with anyio.create_task_group() as tg:
+            tg.start_soon(read_snapshots)
             for server in result.servers:
                 tg.start_soon(read_one, server)
         result.reads = tuple(refuse_shared_client_names([reads[s] for s in self.clients]))

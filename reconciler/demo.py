@@ -155,7 +155,7 @@ async def _watch_events(redis_url: str, on_event: Callable[[dict[str, Any]], Non
             if message.get("type") == "message":
                 on_event(json.loads(message["data"]))
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()
         await client.aclose()
 
 

@@ -7,6 +7,7 @@ except for the answers that mean the work is already done (404, "not connected")
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import replace
 from types import TracebackType
@@ -32,6 +33,7 @@ from reconciler.evolution.errors import (
     envelope_message,
     is_license_required,
 )
+from reconciler.evolution.listing import Items, ListingCache, split
 from reconciler.evolution.live import LiveReader
 from reconciler.evolution.liveness import parse_connection_state
 from reconciler.evolution.transport import MAX_BODY, Answer, Transport
@@ -111,6 +113,7 @@ class EvolutionClient:
         self._log = structlog.get_logger("reconciler.evolution").bind(server=server.name)
         self._http = Transport(server, timeout=timeout, metrics=metrics, transport=transport,
                                max_concurrency=max_concurrency, max_body=max_body)
+        self._listings = ListingCache(server.name, self._scrubbed)
         self._live = LiveReader(self._http, self._log, probe_rps=probe_rps,
                                 probe_interval=probe_interval, probe_burst=probe_burst)
         self._client_name: str | None = None
@@ -171,11 +174,12 @@ class EvolutionClient:
             return OperatorError(detail + " (wrong URL or route?)", status=status)
         return unknown(detail, status=status)
 
-    def _json(self, endpoint: str, answer: Answer) -> Any:
+    def _json(self, endpoint: str, answer: Answer,
+              decode: Callable[[bytes], Any] = json.loads) -> Any:
         if answer.looks_html():
             raise self._failure(endpoint, answer)
         try:
-            return answer.json()
+            return decode(answer.body)
         except ValueError as exc:
             raise TransientError(
                 f"{endpoint}: HTTP {answer.status} body is not JSON (truncated or broken)",
@@ -197,13 +201,14 @@ class EvolutionClient:
         )
         return cast(T, await retrying(call))
 
-    async def _get_json(self, endpoint: str, path: str, *, auth: bool = True) -> Any:
+    async def _get_json(self, endpoint: str, path: str, *, auth: bool = True,
+                        decode: Callable[[bytes], Any] = json.loads) -> Any:
         """A read: retried with backoff while the failure is transient."""
         async def attempt() -> Any:
             answer = await self._http.send(endpoint, "GET", path, auth=auth)
             if answer.status != 200:
                 raise self._failure(endpoint, answer)
-            body = self._json(endpoint, answer)
+            body = self._json(endpoint, answer, decode)
             if isinstance(body, dict) and body.get("error") is True:
                 message = envelope_message(body) or "no message"
                 raise TransientError(
@@ -229,8 +234,8 @@ class EvolutionClient:
         """The API line: pinned, else from `GET /`, else from the listing's shape."""
         if self._server.version in API_LINES:
             return self._server.version
-        detected = (line_from_root(root) if root else None) or line_from_listing(body) \
-            or self._api_line or V2
+        shape = body.line() if isinstance(body, Items) else line_from_listing(body)
+        detected = (line_from_root(root) if root else None) or shape or self._api_line or V2
         if detected != self._api_line:
             self._log.info("evolution.api_line", api_line=detected, version=self._version)
         self._api_line = detected
@@ -239,31 +244,44 @@ class EvolutionClient:
     def _parse(self, line: str, body: object, *, filtered: bool = False) -> Listing:
         """The listing, each odd item reported (its anomaly reaches logs, audit and output)."""
         try:
-            if line == V1:
+            if isinstance(body, Items):
+                listing = self._listings.parse(line, body.raws)
+            elif line == V1:
                 listing = v1.parse_listing(body, self._server.name, filtered=filtered)
             else:
                 listing = v2.parse_listing(body, self._server.name)
         except ParseError as exc:
             raise EvolutionError(self._http.scrub(f"fetchInstances ({line}): {exc}")) from exc
-        instances = []
+        if not isinstance(body, Items):
+            listing = Listing(tuple(self._scrubbed(i) for i in listing.instances))
         for instance in listing.instances:
             if instance.anomaly is not None:
-                instance = replace(instance, anomaly=self._http.scrub(instance.anomaly))
                 self._log.warning("evolution.item_anomaly", instance=instance.name,
                                   anomaly=instance.anomaly)
-            instances.append(instance)
-        return Listing(tuple(instances))
+        return listing
 
-    async def read(self, *, want_live: Collection[str] = ()) -> ServerRead:
+    def _scrubbed(self, instance: ObservedInstance) -> ObservedInstance:
+        if instance.anomaly is None:
+            return instance
+        return replace(instance, anomaly=self._http.scrub(instance.anomaly))
+
+    async def read(
+        self, *, want_live: Collection[str] | Callable[[], Awaitable[Collection[str]]] = ()
+    ) -> ServerRead:
         """One pass's read of this server: who it holds, and in which live state.
 
         Never raises for server trouble: any failed, partial or unparseable answer is a
         `ServerReadError`. v1 lists live states itself; v2 live states come from `/metrics`
-        or from probes of the instances in `want_live` first (see `liveness`).
+        or from probes of the instances in `want_live` first (see `liveness`), which may be
+        given as something to await, awaited only if probes are needed.
         """
+        async def wanted() -> frozenset[str]:
+            return frozenset(await want_live() if callable(want_live) else want_live)
+
         try:
             root = await self._read_root()
-            body = await self._get_json("fetchInstances", "/instance/fetchInstances")
+            body = await self._get_json("fetchInstances", "/instance/fetchInstances",
+                                        decode=split)
             line = self._settle_line(root, body)
             listing = self._parse(line, body)
         except EvolutionError as exc:
@@ -275,7 +293,7 @@ class EvolutionClient:
                                    error=exc.message, operator_error=operator_error)
         instances = listing.instances
         if line == V2:
-            instances = await self._live.with_live(instances, frozenset(want_live), self._version)
+            instances = await self._live.with_live(instances, wanted, self._version)
         return ServerInventory(
             server=self._server.name,
             api_line=line,

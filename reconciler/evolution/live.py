@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Set
+from collections.abc import Awaitable, Callable, Mapping, Set
 from dataclasses import replace
 
 import anyio
@@ -17,6 +17,7 @@ from reconciler.evolution.errors import EvolutionError
 from reconciler.evolution.liveness import (
     Bucket,
     Probe,
+    SampleMemo,
     choose_probes,
     fingerprint,
     parse_connection_state,
@@ -28,6 +29,7 @@ from reconciler.evolution.transport import Transport
 from reconciler.evolution.wire import instance_path, version_tuple
 from reconciler.model import LiveState, ObservedInstance
 
+UNKNOWN = LiveState.UNKNOWN
 METRICS_SINCE = (2, 3, 3)
 """Evolution serves `/metrics` from 2.3.3, when `PROMETHEUS_METRICS=true`."""
 
@@ -62,15 +64,38 @@ class LiveReader:
         self._next_probe_slot = 0.0
         self._probing_since: float | None = None
         self._next_budget_warning = 0.0
+        self._samples = SampleMemo()
+        self._attached: dict[str, tuple[ObservedInstance, LiveState, ObservedInstance]] = {}
 
     async def with_live(
-        self, instances: tuple[ObservedInstance, ...], want: frozenset[str], version: str | None
+        self, instances: tuple[ObservedInstance, ...],
+        want: Callable[[], Awaitable[frozenset[str]]], version: str | None
     ) -> tuple[ObservedInstance, ...]:
-        """`instances` with their live state; UNKNOWN where neither source can tell."""
+        """`instances` with their live state; UNKNOWN where neither source can tell. `want` (the
+        names to probe first) is awaited only when probes are needed: the pass reads the
+        database while the server is read."""
         live = await self._live_from_metrics(version)
         if live is None:
-            live = await self._live_from_probes(instances, want)
-        return tuple(replace(i, live=live.get(i.name, LiveState.UNKNOWN)) for i in instances)
+            live = await self._live_from_probes(instances, await want())
+        return self._attach(instances, live)
+
+    def _attach(self, instances: tuple[ObservedInstance, ...],
+                live: Mapping[str, LiveState]) -> tuple[ObservedInstance, ...]:
+        """Each instance with its state; an instance and state both as last pass (the listing
+        cache hands back the same instance for unchanged bytes) get last pass's copy."""
+        last, attached = self._attached, {}
+        result = []
+        for instance in instances:
+            state = live.get(instance.name, UNKNOWN)
+            known = last.get(instance.name)
+            if known is not None and known[0] is instance and known[1] is state:
+                copy = known[2]
+            else:
+                copy = instance if instance.live is state else replace(instance, live=state)
+            attached[instance.name] = (instance, state, copy)
+            result.append(copy)
+        self._attached = attached
+        return tuple(result)
 
     def _metrics_worth_trying(self, now: float, version: str | None) -> bool:
         parsed = version_tuple(version)
@@ -89,7 +114,9 @@ class LiveReader:
             return None
         states = None
         if answer.status == 200 and not answer.looks_html():
-            states = parse_metrics(answer.body.decode("utf-8", errors="replace"))
+            states = parse_metrics(answer.body.decode("utf-8", errors="replace"),
+                                   self._samples.read)
+            self._samples.turn()
         if states is None:
             if self._metrics_available is not False:
                 self._log.info("evolution.metrics_unavailable", status=answer.status,

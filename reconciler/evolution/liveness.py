@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Set
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
 
 from reconciler.evolution.wire import live_state
@@ -129,10 +129,31 @@ def _unescape(value: str) -> str:
     return _UNESCAPE.sub(lambda m: "\n" if m[1] == "n" else m[1], value)
 
 
-def parse_metrics(text: str) -> dict[str, LiveState] | None:
+Sample = tuple[str, LiveState] | None
+"""One `evolution_instance_state` line read: (instance, state), or nothing to count."""
+
+
+def parse_sample(line: str) -> Sample:
+    sample = _SAMPLE.match(line)
+    if not sample:
+        return None
+    try:
+        value = float(sample["value"])
+    except ValueError:
+        return None
+    if value != 1:
+        return None
+    labels = {k: _unescape(v) for k, v in _LABEL.findall(sample["labels"])}
+    name = labels.get("instance", labels.get("exported_instance"))
+    return None if name is None else (name, live_state(labels.get("state")))
+
+
+def parse_metrics(text: str, read: Callable[[str], Sample] = parse_sample
+                  ) -> dict[str, LiveState] | None:
     """Live states from Evolution's `/metrics`; None when the text is not Evolution's exposition.
 
     An instance with no series, or with conflicting ones, is left out (UNKNOWN to the caller).
+    `read` reads one state line (`parse_sample`, or a memo of it).
     """
     if "evolution_instances_total" not in text and "evolution_environment_info" not in text:
         return None
@@ -140,17 +161,25 @@ def parse_metrics(text: str) -> dict[str, LiveState] | None:
     for line in text.splitlines():
         if not line.startswith("evolution_instance_state{"):
             continue
-        sample = _SAMPLE.match(line)
-        if not sample:
-            continue
-        try:
-            value = float(sample["value"])
-        except ValueError:
-            continue
-        if value != 1:
-            continue
-        labels = {k: _unescape(v) for k, v in _LABEL.findall(sample["labels"])}
-        name = labels.get("instance", labels.get("exported_instance"))
-        if name is not None:
-            found.setdefault(name, set()).add(live_state(labels.get("state")))
+        sample = read(line)
+        if sample is not None:
+            found.setdefault(sample[0], set()).add(sample[1])
     return {name: states.pop() for name, states in found.items() if len(states) == 1}
+
+
+class SampleMemo:
+    """`parse_sample` remembered for the lines of the last exposition: between two scrapes
+    nearly every line is the same text."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, Sample] = {}
+        self._now: dict[str, Sample] = {}
+
+    def read(self, line: str) -> Sample:
+        sample = self._last[line] if line in self._last else parse_sample(line)
+        self._now[line] = sample
+        return sample
+
+    def turn(self) -> None:
+        """Keep only what this scrape read."""
+        self._last, self._now = self._now, {}

@@ -6,7 +6,7 @@ Pure functions only: the parsers (v1.py, v2.py) and the client build on these.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -148,8 +148,11 @@ def line_from_root(root: Mapping[str, Any]) -> str | None:
 
 
 def line_from_listing(body: object) -> str | None:
+    return line_from_items(body if isinstance(body, list) else [body])
+
+
+def line_from_items(items: Iterable[object]) -> str | None:
     """v1 items wrap everything in `instance`; v2 items are flat rows with `name`."""
-    items = body if isinstance(body, list) else [body]
     for item in items:
         if isinstance(item, dict):
             if isinstance(item.get("instance"), dict):
