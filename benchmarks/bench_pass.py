@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import socket
 import statistics
 import subprocess
@@ -50,6 +49,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def peak_rss_kib() -> int:
+    """This process's own peak RSS (`VmHWM`): `ru_maxrss` would carry the parent's across exec."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1])
 
 
 def requests_by_endpoint(metrics_text: str) -> dict[str, float]:
@@ -87,10 +93,12 @@ async def daemon_passes(env: dict[str, str], deletions: bool) -> dict[str, Any]:
             passes.append({
                 "wall": wall, "cpu": cpu, "requests": made, "errors": result.errors,
                 "drift": len(result.plan.drift) if result.plan else 0,
+                "peak_rss_kib": peak_rss_kib(),
                 "deleted": sum(1 for a, o, _ in result.report.outcomes
                                if a.kind.value == "delete" and o.value == "ok"),
             })
 
+        before = peak_rss_kib()
         if deletions:
             while not passes or passes[-1]["deleted"] == 0:
                 await one(PassOptions(allow_mass_deletion=True))
@@ -99,7 +107,8 @@ async def daemon_passes(env: dict[str, str], deletions: bool) -> dict[str, Any]:
         else:
             for _ in range(1 + WARM_PASSES):
                 await one(PassOptions())
-    return {"passes": passes, "max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+    return {"passes": passes, "rss_before_kib": before,
+            "max_rss_kib": peak_rss_kib()}
 
 
 def daemon_main() -> None:
@@ -220,6 +229,7 @@ def report_passes(daemon: dict[str, Any], floors: list[float], instances: int, r
           f" (cold {cold['wall'] * 1000:.0f} ms) | ratio {wall / floor:.2f}x"
           f" | CPU {cpu:.3f} s/pass ({cpu / 30 * 100:.1f}% of a core at 30 s)"
           f" | peak RSS {daemon['max_rss_kib'] / 1024:.0f} MiB"
+          f" ({daemon['rss_before_kib'] / 1024:.0f} before the first pass)"
           f" | {requests:.0f} Evolution requests/pass | drift {drift} | errors {len(errors)}")
 
 

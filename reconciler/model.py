@@ -149,7 +149,7 @@ class Event:
 # --- desired state ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DesiredInstance:
     """One usable integration row: it names the Evolution instance it owns."""
 
@@ -172,7 +172,7 @@ class DesiredState:
     one of them could own is claimed, never an orphan (SPEC 4.3 rule 5)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Tombstone:
     """An integration row was deleted: positive evidence its instance was released (SPEC 4.2)."""
 
@@ -184,7 +184,7 @@ class Tombstone:
 # --- observed state --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Disconnect:
     """A disconnect as SPEC 4.4 names it: a short stable reason, and whether it is terminal."""
 
@@ -193,7 +193,7 @@ class Disconnect:
     code: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ObservedInstance:
     """One instance as a server lists it, normalised across API lines (v1, v2)."""
 
@@ -243,7 +243,7 @@ ServerRead = ServerInventory | ServerReadError
 # --- memory ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class InstanceMemory:
     """What the daemon remembers of one (server, instance name) across passes and restarts."""
 
@@ -307,7 +307,7 @@ class Policy:
     allow_mass_deletion: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Drift:
     server: str
     instance_name: str

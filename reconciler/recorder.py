@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import structlog
@@ -21,6 +21,7 @@ from reconciler.model import (
     DesiredState,
     DriftKind,
     LiveState,
+    Memory,
     Outcome,
     Plan,
     Policy,
@@ -77,7 +78,8 @@ class PassRecorder:
         self.on_pass: Callable[[PassResult], None] | None = None
         """Called after every pass (the demo prints it)."""
         self.last: PassResult | None = None
-        """The last finished pass: the status page shows it without asking any server."""
+        """The last finished pass, without the instances it read and remembered (the next pass
+        would hold two fleets): the status page shows it without asking any server."""
 
     def started(self, result: PassResult) -> float:
         for server in result.skipped:
@@ -105,7 +107,7 @@ class PassRecorder:
         if result.servers and not failed_servers & set(result.servers):
             self.health.ready = True
         self._log_summary(result)
-        self.last = result
+        self.last = _summary(result)
         if self.on_pass is not None:
             self.on_pass(result)
         return result
@@ -161,3 +163,10 @@ class PassRecorder:
             errors=[f"{e.server}/{e.stage.value}: {e.message}" for e in result.errors],
             duration_ms=round(result.duration * 1000, 1),
         )
+
+
+def _summary(result: PassResult) -> PassResult:
+    reads = tuple(replace(r, instances=()) if isinstance(r, ServerInventory) else r
+                  for r in result.reads)
+    plan = replace(result.plan, memory=Memory()) if result.plan is not None else None
+    return replace(result, desired=None, reads=reads, plan=plan)

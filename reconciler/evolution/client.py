@@ -13,6 +13,7 @@ from dataclasses import replace
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
+import anyio
 import httpx
 import structlog
 from tenacity import (
@@ -175,7 +176,7 @@ class EvolutionClient:
         return unknown(detail, status=status)
 
     def _json(self, endpoint: str, answer: Answer,
-              decode: Callable[[bytes], Any] = json.loads) -> Any:
+              decode: Callable[[bytes | bytearray], Any] = json.loads) -> Any:
         if answer.looks_html():
             raise self._failure(endpoint, answer)
         try:
@@ -202,7 +203,7 @@ class EvolutionClient:
         return cast(T, await retrying(call))
 
     async def _get_json(self, endpoint: str, path: str, *, auth: bool = True,
-                        decode: Callable[[bytes], Any] = json.loads) -> Any:
+                        decode: Callable[[bytes | bytearray], Any] = json.loads) -> Any:
         """A read: retried with backoff while the failure is transient."""
         async def attempt() -> Any:
             answer = await self._http.send(endpoint, "GET", path, auth=auth)
@@ -229,6 +230,12 @@ class EvolutionClient:
         self._version = version if isinstance(version, str) else None
         self._client_name = client_name if isinstance(client_name, str) else None
         return root
+
+    def _expected_line(self, root: dict[str, Any]) -> str | None:
+        """The API line before the listing says: pinned, from `GET /`, or as last seen."""
+        if self._server.version in API_LINES:
+            return self._server.version
+        return line_from_root(root) or self._api_line
 
     def _settle_line(self, root: dict[str, Any] | None, body: object) -> str:
         """The API line: pinned, else from `GET /`, else from the listing's shape."""
@@ -278,10 +285,22 @@ class EvolutionClient:
         async def wanted() -> frozenset[str]:
             return frozenset(await want_live() if callable(want_live) else want_live)
 
+        scraped: dict[str, LiveState] | None = None
+        scraping = False
+
+        async def scrape() -> None:
+            nonlocal scraped, scraping
+            scraping = True
+            scraped = await self._live.scrape(self._version)
+
         try:
             root = await self._read_root()
-            body = await self._get_json("fetchInstances", "/instance/fetchInstances",
-                                        decode=split)
+            async with anyio.create_task_group() as tg:
+                if self._expected_line(root) == V2:
+                    tg.start_soon(scrape)  # /metrics while the listing is read
+                body = await self._listing_or_error()
+            if isinstance(body, EvolutionError):
+                raise body
             line = self._settle_line(root, body)
             listing = self._parse(line, body)
         except EvolutionError as exc:
@@ -293,7 +312,9 @@ class EvolutionClient:
                                    error=exc.message, operator_error=operator_error)
         instances = listing.instances
         if line == V2:
-            instances = await self._live.with_live(instances, wanted, self._version)
+            if not scraping:
+                await scrape()
+            instances = await self._live.with_live(instances, wanted, scraped)
         return ServerInventory(
             server=self._server.name,
             api_line=line,
@@ -301,6 +322,15 @@ class EvolutionClient:
             client_name=self._client_name,
             instances=instances,
         )
+
+    async def _listing_or_error(self) -> Any:
+        """The unfiltered listing, or the error that stopped it (raised by the caller, outside
+        the task group that scrapes `/metrics` meanwhile)."""
+        try:
+            return await self._get_json("fetchInstances", "/instance/fetchInstances",
+                                        decode=split)
+        except EvolutionError as exc:
+            return exc
 
     async def read_instance(self, name: str) -> ServerRead:
         """A hint's read of one instance (SPEC 4.5): the filtered listing for its stored fields,

@@ -9,6 +9,7 @@ for item, anomalies included.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ class Items:
         return line_from_items(_ANY.decode(raw) for raw in self.raws)
 
 
-def split(body: bytes) -> Items | Any:
+def split(body: bytes | bytearray) -> Items | Any:
     """A JSON array as its undecoded items; any other body decoded whole (`json` raises for a
     body that is not JSON at all, as for every other answer)."""
     try:
@@ -50,7 +51,8 @@ def _parser(line: str) -> Callable[[object, str, str], ObservedInstance]:
 
 
 class ListingCache:
-    """One server's last listing, item bytes -> the instance parsed from them.
+    """One server's last listing, the SHA-256 of each item's bytes -> the instance parsed from
+    them (a digest, not the bytes: the cache would hold a second copy of the listing).
 
     `settle` turns an instance parsed now into what the caller keeps (the client scrubs the API
     key from anomalies), so a cached instance is exactly what a fresh parse would give it.
@@ -70,12 +72,12 @@ class ListingCache:
         seen: dict[bytes, ObservedInstance] = {}
         instances = []
         for index, raw in enumerate(raws):
-            data = bytes(raw)
-            instance = known.get(data)
+            digest = hashlib.sha256(raw).digest()
+            instance = known.get(digest)
             if instance is None:
-                instance = self._settle(parse_item(_ANY.decode(data), self._server,
+                instance = self._settle(parse_item(_ANY.decode(raw), self._server,
                                                    f"item {index}"))
-            seen[data] = instance
+            seen[digest] = instance
             instances.append(instance)
         self._line, self._known = line, seen
         return Listing(tuple(instances))

@@ -67,14 +67,18 @@ class LiveReader:
         self._samples = SampleMemo()
         self._attached: dict[str, tuple[ObservedInstance, LiveState, ObservedInstance]] = {}
 
+    async def scrape(self, version: str | None) -> dict[str, LiveState] | None:
+        """Every live state from `/metrics`, when the server serves it; else None (probes)."""
+        return await self._live_from_metrics(version)
+
     async def with_live(
         self, instances: tuple[ObservedInstance, ...],
-        want: Callable[[], Awaitable[frozenset[str]]], version: str | None
+        want: Callable[[], Awaitable[frozenset[str]]], scraped: dict[str, LiveState] | None,
     ) -> tuple[ObservedInstance, ...]:
-        """`instances` with their live state; UNKNOWN where neither source can tell. `want` (the
-        names to probe first) is awaited only when probes are needed: the pass reads the
-        database while the server is read."""
-        live = await self._live_from_metrics(version)
+        """`instances` with their live state: the `scrape`d one, else from probes; UNKNOWN where
+        neither can tell. `want` (the names to probe first) is awaited only when probes are
+        needed: the pass reads the database while the server is read."""
+        live = scraped
         if live is None:
             live = await self._live_from_probes(instances, await want())
         return self._attach(instances, live)

@@ -23,7 +23,7 @@ RECHECK_FRACTION = 0.1
 """An instance last seen not connected is re-probed after this fraction of the interval."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Fingerprint:
     """What a listing row says about the session: when it changes, a probe is due at once."""
 
@@ -37,7 +37,7 @@ def fingerprint(instance: ObservedInstance) -> Fingerprint:
     return Fingerprint(instance.stored_status, instance.owner_jid, code)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Probe:
     at: float
     state: LiveState

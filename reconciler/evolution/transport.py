@@ -28,7 +28,8 @@ class Answer:
     """A whole answer, read before the connection is given back."""
 
     status: int
-    body: bytes
+    body: bytes | bytearray
+    """As received: a 9 MB listing is not copied into `bytes` once more."""
     content_type: str
 
     def looks_html(self) -> bool:
@@ -82,7 +83,7 @@ class Transport:
         self._metrics.evolution_request_duration_seconds.labels(
             server=name, endpoint=endpoint).observe(seconds)
 
-    async def _read_capped(self, endpoint: str, response: httpx.Response) -> bytes:
+    async def _read_capped(self, endpoint: str, response: httpx.Response) -> bytearray:
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self._max_body:
             raise self._oversized(endpoint, response.status_code)
@@ -91,7 +92,7 @@ class Transport:
             body.extend(chunk)
             if len(body) > self._max_body:
                 raise self._oversized(endpoint, response.status_code)
-        return bytes(body)
+        return body
 
     def _oversized(self, endpoint: str, status: int) -> EvolutionError:
         return EvolutionError(
