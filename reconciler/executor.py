@@ -9,17 +9,25 @@ with, for the server the action belongs to: once one is refused (`LeaseLost`), t
 calls nothing more. A delete commits its intent and event id before its first call, and confirms
 the removal, publishes its event and forgets the intent in one transaction, so a removal has one
 `event_id` whatever happens in between (SPEC 5).
+
+The deletions of one server run together, as many at once as its client has requests in flight,
+each one's steps in order. The first that fails (a refused lease check) cancels the others, their
+calls in flight too: a call already sent keeps its committed intent, which the next leader
+verifies. On a stop, calls already sent get their grace and no new one starts.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import partial
 
 import anyio
 import structlog
+from anyio.abc import TaskGroup
 
 from reconciler.events import build_event
 from reconciler.evolution.client import EvolutionClient
@@ -161,49 +169,68 @@ class Executor:
         self, report: ExecutionReport, server: str, actions: Sequence[Delete], plan: Plan,
         now: datetime,
     ) -> None:
+        """The deletions of one server, as many at once as its client has requests in flight,
+        each one's steps in order; then one verification listing for them all."""
         client = self.clients[server]
-        lease = self._lease(server)
         for action in actions:
             if action.already_gone:
                 await self._confirm(report, action, now)
-        requested: list[tuple[Delete, InstanceMemory]] = []
-        for action in actions:
-            if action.already_gone:
-                continue
-            if await self.desired.row_names_instance(action.instance_name, lease=lease):
-                blocked = replace(action, blocked_by=Guard.RECHECK)
-                await self.decisions.record(blocked, Outcome.BLOCKED, lease=lease)
-                self._report(report, blocked, Outcome.BLOCKED, None)
-                continue
-            action = replace(action, event_id=action.event_id or uuid.uuid4())
-            assert action.event_id is not None
-            known = plan.memory.instances.get((server, action.instance_name))
-            intent = intent_to_delete(known, action, action.event_id, now)
-            await reached("delete.intent.before")
-            await self.decisions.begin_delete(intent, lease=lease)
-            await reached("delete.intent.after")
-            with self.grace.shielded() as section:
-                try:
-                    await self._logout_and_delete(client, action)
-                except EvolutionError as exc:
-                    await self._failed(report, action, intent, DeleteResult.FAILED, str(exc),
-                                       now)
-                else:
-                    requested.append((action, intent))
-            if section.cancel_called:
-                return  # stopping: the intent is committed, the next leader verifies it
-        if not requested:
-            return
+        requested: dict[int, tuple[Delete, InstanceMemory]] = {}
+        batch = _Batch(client.max_concurrency)
+
+        async def delete_one(index: int, action: Delete) -> None:
+            answered = await self._request(report, client, batch, action, plan, now)
+            if answered is not None:
+                requested[index] = answered
+
+        await batch.run([partial(delete_one, i, a)
+                         for i, a in enumerate(actions) if not a.already_gone])
+        if batch.ended or not requested:
+            return  # cut short by a stop: the intents are committed, the next leader verifies
+        done = [requested[i] for i in sorted(requested)]
         await reached("delete.verify.before")
-        await self.decisions.check_lease(lease)
-        still_listed = await self._wait_until_absent(
-            client, {a.instance_name for a, _ in requested})
-        for action, intent in requested:
+        await self.decisions.check_lease(self._lease(server))
+        still_listed = await self._wait_until_absent(client, {a.instance_name for a, _ in done})
+        for action, intent in done:
             if action.instance_name in still_listed:
                 await self._failed(report, action, intent, DeleteResult.UNVERIFIED,
                                    "deletion answered but not verified yet", now)
             else:
                 await self._confirm(report, action, now)
+
+    async def _request(
+        self, report: ExecutionReport, client: EvolutionClient, batch: _Batch, action: Delete,
+        plan: Plan, now: datetime,
+    ) -> tuple[Delete, InstanceMemory] | None:
+        """One deletion up to its answer: the point re-check, the intent committed, the calls.
+        The delete under its event id and its intent, if Evolution answered that it deletes;
+        None if blocked, failed or cut short."""
+        lease = self._lease(action.server)
+        if await self.desired.row_names_instance(action.instance_name, lease=lease):
+            blocked = replace(action, blocked_by=Guard.RECHECK)
+            await self.decisions.record(blocked, Outcome.BLOCKED, lease=lease)
+            self._report(report, blocked, Outcome.BLOCKED, None)
+            return None
+        action = replace(action, event_id=action.event_id or uuid.uuid4())
+        assert action.event_id is not None
+        known = plan.memory.instances.get((action.server, action.instance_name))
+        intent = intent_to_delete(known, action, action.event_id, now)
+        await reached("delete.intent.before")
+        await self.decisions.begin_delete(intent, lease=lease)
+        await reached("delete.intent.after")
+        if self.grace.stopping:
+            batch.end()  # no call starts once stopping
+            return None
+        with self.grace.shielded() as section, batch.fenced():
+            try:
+                await self._logout_and_delete(client, action)
+            except EvolutionError as exc:
+                await self._failed(report, action, intent, DeleteResult.FAILED, str(exc), now)
+            else:
+                return action, intent
+        if section.cancel_called:
+            batch.end()
+        return None
 
     async def _confirm(self, report: ExecutionReport, action: Delete, now: datetime) -> None:
         event = self._event(action, now)
@@ -262,3 +289,58 @@ class Executor:
                 if remaining:
                     await anyio.sleep(self.verify_poll)
         return remaining
+
+
+class _Batch:
+    """Deletions in flight together, at most `limit` at once, started in order. The first to
+    fail ends them all, their calls in flight too (a call already sent keeps its committed
+    intent, which the next leader verifies), and `run` raises its error: after a lost lease,
+    nothing more is called or written."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = max(1, limit)
+        self._group: TaskGroup | None = None
+        self._fences: set[anyio.CancelScope] = set()
+        self._error: Exception | None = None
+        self.ended = False
+
+    async def run(self, deletions: Sequence[Callable[[], Awaitable[None]]]) -> None:
+        queue = iter(deletions)
+
+        async def worker() -> None:
+            for deletion in queue:
+                if self.ended:
+                    return
+                try:
+                    await deletion()
+                except Exception as exc:
+                    self.end(exc)
+
+        async with anyio.create_task_group() as group:
+            self._group = group
+            for _ in range(min(self._limit, len(deletions))):
+                group.start_soon(worker)
+        if self._error is not None:
+            raise self._error
+
+    @contextmanager
+    def fenced(self) -> Iterator[None]:
+        """A section that ending the batch cancels, even inside a `Grace` shield."""
+        with anyio.CancelScope() as scope:
+            self._fences.add(scope)
+            try:
+                yield
+            finally:
+                self._fences.discard(scope)
+
+    def end(self, error: Exception | None = None) -> None:
+        """No deletion starts after this; with `error`, those in flight are cancelled."""
+        self.ended = True
+        if error is None:
+            return
+        if self._error is None:
+            self._error = error
+        for scope in self._fences:
+            scope.cancel()
+        if self._group is not None:
+            self._group.cancel_scope.cancel()

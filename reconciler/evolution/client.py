@@ -112,6 +112,8 @@ class EvolutionClient:
         self._retry_attempts = max(1, retry_attempts)
         self._retry_wait = retry_wait
         self._log = structlog.get_logger("reconciler.evolution").bind(server=server.name)
+        self.max_concurrency = max_concurrency
+        """Requests in flight to this server at most: how many deletions the executor runs."""
         self._http = Transport(server, timeout=timeout, metrics=metrics, transport=transport,
                                max_concurrency=max_concurrency, max_body=max_body)
         self._listings = ListingCache(server.name, self._scrubbed)

@@ -123,6 +123,10 @@ class Simulator(Routes):
         """(method, decoded path and query) of every request received."""
         self.raw_requests: list[tuple[str, str]] = []
         """(method, request target as sent on the wire): what a client encoded, and how."""
+        self.in_flight = 0
+        self.max_in_flight = 0
+        """Requests being answered at once, now and at most so far: what a client's
+        concurrency limit let through (tests)."""
         self._faults: dict[str, _Fault] = {}
         self._server: _EmbeddedServer | None = None
         self._serve_task: asyncio.Task[None] | None = None
@@ -272,6 +276,16 @@ class Simulator(Routes):
         return match[1], unquote(match[2])
 
     async def _handle(self, request: Request) -> Response:
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._answer(request)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    async def _answer(self, request: Request) -> Response:
         method = request.method
         path: str = request.scope["path"]
         raw_path = request.scope.get("raw_path") or quote(path).encode()
