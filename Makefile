@@ -31,7 +31,10 @@ test: lint typecheck deploy-checks unit
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_pass.py --instances 1000
+	$(PY) benchmarks/bench_pass.py --instances 1000 --probes
 	$(PY) benchmarks/bench_pass.py --instances 10000
+	$(PY) benchmarks/bench_pass.py --instances 10000 --probes
+	$(PY) benchmarks/bench_pass.py --deletions 1000 --latency 0.02
 	$(PY) benchmarks/bench_read.py
 	$(PY) benchmarks/bench_consumer.py
 	$(PY) benchmarks/bench_hints.py --instances 1000

@@ -107,8 +107,37 @@ async def daemon_passes(env: dict[str, str], deletions: bool) -> dict[str, Any]:
         else:
             for _ in range(1 + WARM_PASSES):
                 await one(PassOptions())
-    return {"passes": passes, "rss_before_kib": before,
-            "max_rss_kib": peak_rss_kib()}
+        peak = peak_rss_kib()
+        page = None if deletions else await time_status_page(controller)
+    return {"passes": passes, "rss_before_kib": before, "max_rss_kib": peak, "page": page}
+
+
+async def time_status_page(controller: Any) -> dict[str, float]:
+    """`GET /` over loopback after the passes: its serve time; it must ask Evolution nothing."""
+    from reconciler.wiring import serving
+
+    port = free_port()
+    async with serving(controller, "127.0.0.1", port), httpx.AsyncClient() as http:
+        with anyio.fail_after(10):
+            while True:
+                try:
+                    await http.get(f"http://127.0.0.1:{port}/healthz")
+                    break
+                except httpx.TransportError:
+                    await anyio.sleep(0.05)
+        before = sum(requests_by_endpoint(controller.recorder.metrics.exposition().decode())
+                     .values())
+        times = []
+        for _ in range(20):
+            started = time.perf_counter()
+            page = await http.get(f"http://127.0.0.1:{port}/")
+            times.append(time.perf_counter() - started)
+            page.raise_for_status()
+        made = sum(requests_by_endpoint(controller.recorder.metrics.exposition().decode())
+                   .values()) - before
+    times.sort()
+    return {"median": times[10], "worst": times[-1], "kib": len(page.content) / 1024,
+            "requests": made}
 
 
 def daemon_main() -> None:
@@ -231,6 +260,10 @@ def report_passes(daemon: dict[str, Any], floors: list[float], instances: int, r
           f" | peak RSS {daemon['max_rss_kib'] / 1024:.0f} MiB"
           f" ({daemon['rss_before_kib'] / 1024:.0f} before the first pass)"
           f" | {requests:.0f} Evolution requests/pass | drift {drift} | errors {len(errors)}")
+    page = daemon["page"]
+    print(f"  status page GET /: median {page['median'] * 1000:.1f} ms,"
+          f" worst {page['worst'] * 1000:.1f} ms, {page['kib']:.0f} KiB,"
+          f" {page['requests']:.0f} Evolution requests")
 
 
 async def report_deletions(daemon: dict[str, Any], orphans: int, latency: float) -> None:
