@@ -242,7 +242,8 @@ class Controller:
                                              result.started_at)
         await reached("memory.save.before")
         await self.store.memory.save(remembered, servers=result.servers, leases=tokens,
-                                     fleet=self.fleet_server in result.servers, keep=decided)
+                                     fleet=self.fleet_server in result.servers, keep=decided,
+                                     baseline=memory)
         await reached("memory.save.after")
         for read in result.reads:
             if isinstance(read, ServerInventory) and read.server in tokens:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from reconciler.model import Action, Delete, Event, Flag, InstanceMemory, Outcome, StatusChange
+from reconciler.store.changes import WriteLog
 from reconciler.store.db import Database, rows_affected
 from reconciler.store.errors import StoreError
 from reconciler.store.memory import retire_tombstones, write_observation
@@ -20,9 +21,11 @@ if TYPE_CHECKING:
 
 
 class DecisionTables:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, writes: WriteLog) -> None:
         self._db = db
         self._names = db.names
+        self._writes = writes
+        """Notes the observations and duplicate groups written here, for `MemoryTables.save`."""
 
     # --- writes that act on decisions ----------------------------------------------------------
 
@@ -89,16 +92,18 @@ class DecisionTables:
     async def begin_delete(self, entry: InstanceMemory, *, lease: LeaseToken) -> None:
         """Persist a delete's intent and its event id before the first call (SPEC 5): whatever
         happens after, a later pass owes `instance.removed` under that one id."""
-        async with self._db.transaction("recording a delete's intent", [lease]) as conn:
-            await write_observation(conn, self._names, entry)
+        with self._writes.writing(observations=[(entry.server, entry.instance_name)]):
+            async with self._db.transaction("recording a delete's intent", [lease]) as conn:
+                await write_observation(conn, self._names, entry)
 
     async def record_delete_failure(
         self, action: Delete, entry: InstanceMemory, error: str, *, lease: LeaseToken
     ) -> None:
         """A failed or unverified attempt: its audit row and the backoff, in one transaction."""
-        async with self._db.transaction("recording a failed delete", [lease]) as conn:
-            await self._audit(conn, action, Outcome.FAILED, error, None, lease)
-            await write_observation(conn, self._names, entry)
+        with self._writes.writing(observations=[(entry.server, entry.instance_name)]):
+            async with self._db.transaction("recording a failed delete", [lease]) as conn:
+                await self._audit(conn, action, Outcome.FAILED, error, None, lease)
+                await write_observation(conn, self._names, entry)
 
     async def confirm_removal(
         self, action: Delete, event: Event, *, lease: LeaseToken
@@ -106,15 +111,16 @@ class DecisionTables:
         """The removal verified: its audit row, its event, and forgetting the intent, in one
         transaction, so no crash can publish it twice. False when the intent is already
         confirmed (nothing is written)."""
-        async with self._db.transaction("confirming a removal", [lease]) as conn:
-            owed = await conn.fetchval(
-                f"DELETE FROM {self._names.own}.observations WHERE server = $1"
-                " AND instance_name = $2 AND delete_event_id = $3 RETURNING true",
-                action.server, action.instance_name, event.event_id)
-            if not owed:
-                return False
-            await self._audit(conn, action, Outcome.OK, None, event, lease)
-            await retire_tombstones(conn, self._names, [action.instance_name])
+        with self._writes.writing(observations=[(action.server, action.instance_name)]):
+            async with self._db.transaction("confirming a removal", [lease]) as conn:
+                owed = await conn.fetchval(
+                    f"DELETE FROM {self._names.own}.observations WHERE server = $1"
+                    " AND instance_name = $2 AND delete_event_id = $3 RETURNING true",
+                    action.server, action.instance_name, event.event_id)
+                if not owed:
+                    return False
+                await self._audit(conn, action, Outcome.OK, None, event, lease)
+                await retire_tombstones(conn, self._names, [action.instance_name])
         return True
 
     async def record_flag(
@@ -123,13 +129,14 @@ class DecisionTables:
         """A duplicate group reported with its event, once: False if it was reported already."""
         if action.group_key is None:
             raise ValueError(f"flag of {action.instance_name} lacks its group key")
-        async with self._db.transaction("recording a duplicate", [lease]) as conn:
-            new = await conn.fetchval(
-                f"INSERT INTO {self._names.own}.reported_duplicates (group_key) VALUES ($1)"
-                " ON CONFLICT DO NOTHING RETURNING true", action.group_key)
-            if not new:
-                return False
-            await self._audit(conn, action, Outcome.OK, None, event, lease)
+        with self._writes.writing(duplicates=[action.group_key]):
+            async with self._db.transaction("recording a duplicate", [lease]) as conn:
+                new = await conn.fetchval(
+                    f"INSERT INTO {self._names.own}.reported_duplicates (group_key)"
+                    " VALUES ($1) ON CONFLICT DO NOTHING RETURNING true", action.group_key)
+                if not new:
+                    return False
+                await self._audit(conn, action, Outcome.OK, None, event, lease)
         return True
 
     async def _audit(

@@ -8,13 +8,22 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import asyncpg
 import structlog
 
 from reconciler.model import DesiredInstance, DesiredState
 from reconciler.names import instance_key
+from reconciler.store.cache import RowCache
 from reconciler.store.db import Database
 from reconciler.store.errors import IntegrationsTableMissing
-from reconciler.store.rows import DESIRED_COLUMNS, InvalidRow, LeaseToken, desired_from_row
+from reconciler.store.rows import (
+    DESIRED_COLUMNS,
+    DESIRED_TEXT_COLUMNS,
+    InvalidRow,
+    LeaseToken,
+    desired_from_row,
+    desired_from_text,
+)
 from reconciler.store.schema import (
     ROW_HINT_FUNCTION,
     ROW_HINT_TRIGGER,
@@ -47,18 +56,20 @@ class DesiredTable:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._names = db.names
+        self._parsed: RowCache[asyncpg.Record, DesiredInstance | InvalidRow] = RowCache(
+            desired_from_text)
+        """The last read's rows, decided: an unchanged row costs a lookup, not a JSON decode."""
 
     async def read(self) -> DesiredState:
         async with self._db.snapshot("reading desired state", table=True) as conn:
             rows = await conn.fetch(
-                f"SELECT {DESIRED_COLUMNS} FROM {self._names.table}"
+                f"SELECT {DESIRED_TEXT_COLUMNS} FROM {self._names.table}"
                 " WHERE type = 'whatsapp' AND provider = 'evolution' ORDER BY id"
             )
         instances: list[DesiredInstance] = []
         invalid = 0
         claimed: set[str] = set()
-        for row in rows:
-            parsed = desired_from_row(row)
+        for parsed in self._parsed.decoded(rows):
             if isinstance(parsed, InvalidRow):
                 invalid += 1
                 claimed |= parsed.claims

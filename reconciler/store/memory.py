@@ -17,6 +17,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from reconciler.hints import Hint
 from reconciler.model import InstanceMemory, Memory, PassCounts, Tombstone
+from reconciler.store.cache import RowCache
+from reconciler.store.changes import Key, MemoryChanges, WriteLog, memory_changes
 from reconciler.store.db import DB_ERRORS, Database
 from reconciler.store.names import SqlNames
 from reconciler.store.rows import (
@@ -52,12 +54,20 @@ async def retire_tombstones(conn: Conn, names: SqlNames, instance_names: Collect
 
 
 class MemoryTables:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, writes: WriteLog) -> None:
         self._db = db
         self._names = db.names
+        self._writes = writes
+        self._entries: RowCache[asyncpg.Record, tuple[Key, InstanceMemory]] = RowCache(
+            lambda row: ((row["server"], row["instance_name"]), instance_memory(row)))
+        """The last load's entries by their whole row: an unchanged row is not decoded again."""
+        self._loaded: tuple[Memory, int] | None = None
+        """The last load and its mark in `_writes`, until a save: the one baseline `save` trusts."""
 
     async def load(self) -> Memory:
         own = self._names.own
+        self._loaded = None
+        mark = self._writes.mark()
         async with self._db.snapshot("loading memory") as conn:
             observations = await conn.fetch(
                 f"SELECT {', '.join(OBSERVATION_COLUMNS)} FROM {own}.observations")
@@ -67,15 +77,16 @@ class MemoryTables:
             tombstones = await conn.fetch(
                 "SELECT instance_name, organization_id, deleted_at"
                 f" FROM {own}.tombstones ORDER BY deleted_at, instance_name")
-        instances = (instance_memory(r) for r in observations)
-        return Memory(
-            instances={(m.server, m.instance_name): m for m in instances},
+        memory = Memory(
+            instances=dict(self._entries.decoded(observations)),
             last_counts={r["server"]: PassCounts(r["desired"], r["observed"]) for r in counts},
             missing_streaks={r["instance_name"]: r["streak"] for r in streaks},
             reported_duplicates=frozenset(r["group_key"] for r in duplicates),
             tombstones={r["instance_name"]: Tombstone(r["instance_name"], r["organization_id"],
                                                       r["deleted_at"]) for r in tombstones},
         )
+        self._loaded = (memory, mark)
+        return memory
 
     async def load_for(self, instance_names: Collection[str]) -> Memory:
         """A hint's memory (SPEC 4.5): the observations and tombstones of these names only."""
@@ -101,9 +112,10 @@ class MemoryTables:
         self, entries: Collection[InstanceMemory], *, lease: LeaseToken
     ) -> None:
         """A hint's observations, upserted one by one under the server's lease."""
-        async with self._db.transaction("saving observations", [lease]) as conn:
-            for entry in entries:
-                await write_observation(conn, self._names, entry)
+        with self._writes.writing(observations=[(e.server, e.instance_name) for e in entries]):
+            async with self._db.transaction("saving observations", [lease]) as conn:
+                for entry in entries:
+                    await write_observation(conn, self._names, entry)
 
     async def save(
         self,
@@ -113,16 +125,85 @@ class MemoryTables:
         leases: Mapping[str, LeaseToken] | None = None,
         fleet: bool = True,
         keep: Collection[tuple[str, str]] = (),
+        baseline: Memory | None = None,
     ) -> None:
         """Replace the memory of `servers`, and with `fleet` (the leader of the first server)
         the missing streaks and forget the duplicate groups that cleared. The observations of
         `keep` (written by a hint since the pass loaded them) stay as they are.
+
+        With `baseline`, the memory this pass loaded, only what changed since is written (see
+        `memory_changes`), to the same end; unless another load or save came in between, when
+        nothing tells what the table holds and it is replaced.
 
         Tombstones are not written here: the trigger adds them and `retire_tombstones` removes
         the processed ones, so one deleted while this pass ran is never lost. Only the leader
         of the first server writes the fleet's memory: it alone reports duplicate groups
         (`record_flag` records each with its event) and marks instances missing.
         """
+        loaded, self._loaded = self._loaded, None
+        touched = (self._writes.since(loaded[1])
+                   if baseline is not None and loaded is not None and loaded[0] is baseline
+                   else None)
+        tokens = (leases or {}).values()
+        if baseline is None or touched is None:
+            await self._replace(memory, servers=servers, leases=tokens, fleet=fleet, keep=keep)
+            return
+        changes = memory_changes(memory, baseline, touched, servers=servers, fleet=fleet,
+                                 keep=keep)
+        async with self._db.transaction("saving memory", tokens) as conn:
+            await self._write(conn, changes)
+
+    async def _write(self, conn: Conn, changes: MemoryChanges) -> None:
+        """Apply `changes`; a rewritten row is removed and copied in again, as `_replace` does."""
+        own = self._names.own
+        rewritten = (*changes.observations_removed,
+                     *((m.server, m.instance_name) for m in changes.observations_written))
+        if rewritten:
+            await conn.execute(
+                f"DELETE FROM {own}.observations WHERE (server, instance_name) IN"
+                " (SELECT * FROM unnest($1::text[], $2::text[]))",
+                [s for s, _ in rewritten], [n for _, n in rewritten])
+        if changes.observations_written:
+            await conn.copy_records_to_table(
+                "observations", schema_name=self._names.schema, columns=OBSERVATION_COLUMNS,
+                records=[observation_row(m) for m in changes.observations_written])
+        counted = [*changes.counts_removed, *(s for s, _ in changes.counts_written)]
+        if counted:
+            await conn.execute(f"DELETE FROM {own}.pass_counts WHERE server = ANY($1::text[])",
+                               counted)
+        if changes.counts_written:
+            await conn.executemany(
+                f"INSERT INTO {own}.pass_counts (server, desired, observed) VALUES ($1, $2, $3)",
+                [(s, c.desired, c.observed) for s, c in changes.counts_written])
+        streaked = [*changes.streaks_removed, *(n for n, _ in changes.streaks_written)]
+        if streaked:
+            await conn.execute(
+                f"DELETE FROM {own}.missing_streaks WHERE instance_name = ANY($1::text[])",
+                streaked)
+        if changes.streaks_written:
+            await conn.execute(
+                f"INSERT INTO {own}.missing_streaks (instance_name, streak)"
+                " SELECT * FROM unnest($1::text[], $2::integer[])",
+                [n for n, _ in changes.streaks_written], [s for _, s in changes.streaks_written])
+        if changes.duplicates_removed:
+            await conn.execute(
+                f"DELETE FROM {own}.reported_duplicates WHERE group_key = ANY($1::text[])",
+                list(changes.duplicates_removed))
+        if changes.duplicates_added:
+            await conn.execute(
+                f"INSERT INTO {own}.reported_duplicates (group_key)"
+                " SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
+                list(changes.duplicates_added))
+
+    async def _replace(
+        self,
+        memory: Memory,
+        *,
+        servers: Collection[str],
+        leases: Iterable[LeaseToken],
+        fleet: bool,
+        keep: Collection[tuple[str, str]],
+    ) -> None:
         own = self._names.own
         chosen = sorted(set(servers))
         kept = set(keep)
@@ -130,7 +211,7 @@ class MemoryTables:
                         if m.server in chosen and k not in kept]
         counts = [(s, c.desired, c.observed) for s, c in memory.last_counts.items()
                   if s in chosen]
-        async with self._db.transaction("saving memory", (leases or {}).values()) as conn:
+        async with self._db.transaction("saving memory", leases) as conn:
             await conn.execute(
                 f"DELETE FROM {own}.observations WHERE server = ANY($1::text[])"
                 " AND NOT (server || chr(31) || instance_name) = ANY($2::text[])",

@@ -57,6 +57,7 @@ class MemoryStore(Protocol):
         leases: Mapping[str, LeaseToken] | None = None,
         fleet: bool = True,
         keep: Collection[tuple[str, str]] = (),
+        baseline: Memory | None = None,
     ) -> None: ...
 
     async def retire_tombstones(

@@ -60,6 +60,13 @@ DESIRED_COLUMNS = (
 )
 """What `desired_from_row` reads: the read of the desired state and the point re-check share it."""
 
+DESIRED_TEXT_COLUMNS = (
+    "id, organization_id, enabled, status, disconnect_reason,"
+    " jsonb_typeof(config) AS config_type, config::text AS config"
+)
+"""`DESIRED_COLUMNS` with `config` as its JSON text (`desired_from_text`): the whole row is
+then hashable, so the read of the desired state decodes only the rows that changed."""
+
 
 def desired_from_row(row: Row) -> DesiredInstance | InvalidRow:
     """Decide whether a row names an instance.
@@ -67,18 +74,37 @@ def desired_from_row(row: Row) -> DesiredInstance | InvalidRow:
     `row` holds `DESIRED_COLUMNS`: `config` decoded, whatever its JSON type, and `config_type`,
     which tells a SQL NULL from a JSON null.
     """
-    row_id: UUID = row["id"]
-    config = row["config"]
-    problem = _problem(row["config_type"], config)
+    return _desired(row["id"], row["organization_id"], row["enabled"], row["status"],
+                    row["disconnect_reason"], row["config_type"], row["config"])
+
+
+def desired_from_text(row: Row) -> DesiredInstance | InvalidRow:
+    """`desired_from_row` of a row holding `DESIRED_TEXT_COLUMNS`."""
+    text: str | None = row["config"]
+    return _desired(row["id"], row["organization_id"], row["enabled"], row["status"],
+                    row["disconnect_reason"], row["config_type"],
+                    None if text is None else json.loads(text))
+
+
+def _desired(
+    row_id: UUID,
+    organization_id: UUID | None,
+    enabled: bool | None,
+    status: str | None,
+    disconnect_reason: str | None,
+    config_type: str | None,
+    config: Any,
+) -> DesiredInstance | InvalidRow:
+    problem = _problem(config_type, config)
     if problem is not None:
         return InvalidRow(row_id, problem, claimed_keys(config))
     return DesiredInstance(
         id=row_id,
-        organization_id=row["organization_id"],
+        organization_id=organization_id,
         instance_name=config["instance_name"],
-        enabled=bool(row["enabled"]),
-        status=row["status"] or "",
-        disconnect_reason=row["disconnect_reason"],
+        enabled=bool(enabled),
+        status=status or "",
+        disconnect_reason=disconnect_reason,
     )
 
 
@@ -94,9 +120,14 @@ def _problem(config_type: str | None, config: object) -> str | None:
         return "config.instance_name is empty"
     if len(name) > MAX_INSTANCE_NAME:
         return f"config.instance_name is longer than {MAX_INSTANCE_NAME} characters"
-    if isinstance(_decoded(name), str | list | dict):
+    if name.lstrip()[:1] in _JSON_CONTAINERS and isinstance(_decoded(name), str | list | dict):
         return "config.instance_name is double-encoded JSON"
     return None
+
+
+_JSON_CONTAINERS = frozenset('"[{')
+"""How the JSON text of a string, an array or an object begins (after blanks): a name beginning
+otherwise is not double-encoded, and is not parsed to find out."""
 
 
 def claimed_keys(config: object) -> frozenset[str]:
@@ -181,11 +212,11 @@ def observation_row(m: InstanceMemory) -> tuple[object, ...]:
     )
 
 
-_LIVE_STATES = frozenset(s.value for s in LiveState)
+LIVE_STATES = {s.value: s for s in LiveState}
+"""A stored live state by its text (a lookup, not an enum call per row)."""
 
 
 def instance_memory(row: Row) -> InstanceMemory:
-    live: str = row["last_live"]
     return InstanceMemory(
         server=row["server"],
         instance_name=row["instance_name"],
@@ -194,7 +225,7 @@ def instance_memory(row: Row) -> InstanceMemory:
         orphan_streak=row["orphan_streak"],
         not_connected_since=row["not_connected_since"],
         not_connected_reason=row["not_connected_reason"],
-        last_live=LiveState(live) if live in _LIVE_STATES else LiveState.UNKNOWN,
+        last_live=LIVE_STATES.get(row["last_live"], LiveState.UNKNOWN),
         delete_requested_at=row["delete_requested_at"],
         delete_reason=row["delete_reason"],
         delete_attempts=row["delete_attempts"],

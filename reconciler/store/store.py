@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from reconciler.store.changes import WriteLog
 from reconciler.store.db import Database
 from reconciler.store.decisions import DecisionTables, OutboxTable
 from reconciler.store.desired import DesiredTable
@@ -48,9 +49,10 @@ class Store:
         """Validate the names (ValueError, before connecting), then open the one pool; the
         defaults of both names live in settings."""
         db = await Database.connect(dsn, SqlNames.parse(integrations_table, schema))
-        return cls(desired=DesiredTable(db), memory=MemoryTables(db),
-                   decisions=DecisionTables(db), outbox=OutboxTable(db), leases=LeaseTable(db),
-                   snapshots=SnapshotTable(db), _db=db)
+        writes = WriteLog()
+        return cls(desired=DesiredTable(db), memory=MemoryTables(db, writes),
+                   decisions=DecisionTables(db, writes), outbox=OutboxTable(db),
+                   leases=LeaseTable(db), snapshots=SnapshotTable(db), _db=db)
 
     async def migrate(self) -> None:
         """Create or upgrade the own schema (idempotent, only inside that schema)."""
