@@ -34,9 +34,11 @@ class SnapshotTable:
         Unchanged since this process saved it under the same lease, only its time moves."""
         content: Content = (read.api_line, read.version, read.client_name,
                             tuple((i.name, i.number, i.live.value) for i in read.instances))
-        same = self._saved.pop(read.server, None) == (lease, content)
+        saved = self._saved.pop(read.server, None)
+        if saved != (lease, content):
+            saved = None
         async with self._db.transaction("saving a snapshot", [lease]) as conn:
-            if not (same and await self._touch(conn, read.server, lease)):
+            if not (saved and await self._touch(conn, read.server, lease)):
                 await conn.execute(
                     f"INSERT INTO {self._own}.snapshots AS s (server, taken_at, epoch, api_line,"
                     " version, client_name, instances) VALUES ($1, now(), $2, $3, $4, $5, $6)"
@@ -45,7 +47,8 @@ class SnapshotTable:
                     " version = EXCLUDED.version, client_name = EXCLUDED.client_name,"
                     " instances = EXCLUDED.instances",
                     read.server, lease.epoch, *content)
-        self._saved[read.server] = (lease, content)
+        # Unchanged, the copy kept is the old one: what outlives a pass costs the collector.
+        self._saved[read.server] = saved or (lease, content)
 
     async def _touch(self, conn: Conn, server: str, lease: LeaseToken) -> bool:
         """Move the snapshot's time to now; False if its row is not the one of `lease`."""
