@@ -75,9 +75,10 @@ async def daemon_passes(env: dict[str, str], deletions: bool) -> dict[str, Any]:
     from reconciler.controller import PassOptions
     from reconciler.observability import configure_logging
     from reconciler.settings import load_settings
-    from reconciler.wiring import open_controller
+    from reconciler.wiring import open_controller, tune_collector
 
     configure_logging("console", "error")
+    tune_collector()
     settings = load_settings(env)
     passes: list[dict[str, Any]] = []
     async with open_controller(settings) as controller, controller.leadership.leading():

@@ -22,7 +22,14 @@ from reconciler.observability import configure_logging
 from reconciler.output import escape_controls, render_json, render_table
 from reconciler.settings import Settings, SettingsError, load_settings, redact
 from reconciler.store import StoreError
-from reconciler.wiring import UsageError, open_controller, open_store, serving, stop_on_signals
+from reconciler.wiring import (
+    UsageError,
+    open_controller,
+    open_store,
+    serving,
+    stop_on_signals,
+    tune_collector,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BLOCKED = 0, 1, 2, 3
 
@@ -35,6 +42,7 @@ async def cmd_once(settings: Settings, args: argparse.Namespace, *, plan_only: b
         mode=Mode.DRY_RUN if getattr(args, "dry_run", False) else None,
         plan_only=plan_only,
     )
+    tune_collector()
     async with open_controller(settings) as controller:
         if plan_only:
             result = await controller.run_pass(options)
@@ -54,6 +62,7 @@ async def cmd_once(settings: Settings, args: argparse.Namespace, *, plan_only: b
 
 async def cmd_run(settings: Settings) -> int:
     stop = anyio.Event()
+    tune_collector()
     async with open_controller(settings) as controller, \
             serving(controller, settings.http_host, settings.http_port), \
             anyio.create_task_group() as tg:

@@ -7,6 +7,7 @@ SIGINT into a stop.
 
 from __future__ import annotations
 
+import gc
 import signal
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -49,6 +50,22 @@ async def open_store(settings: Settings, *, require_table: bool = True) -> Async
         yield store
     finally:
         await store.close()
+
+
+GC_THRESHOLDS = (10_000, 10, 10)
+"""A pass at 10,000 instances keeps ~150,000 objects from one pass to the next, which the
+collector's default thresholds (700, 10, 10) rescan every few thousand allocations: half of a
+pass's CPU. Collecting young objects every 10,000 allocations takes it to a tenth."""
+
+
+def tune_collector() -> None:
+    """Move what start-up made (modules, classes, settings) out of every future collection, and
+    collect young objects less often. Cycles are still collected; the daemon only makes fewer,
+    larger collections. For the processes that pass after pass (`run`, `once`), not for a test
+    session opening controllers by the hundred."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 @asynccontextmanager
