@@ -117,13 +117,21 @@ class Database:
             ):
                 yield conn
 
-    async def _fence(self, conn: Conn, leases: Iterable[LeaseToken]) -> None:
+    async def check(self, doing: str, leases: Iterable[LeaseToken]) -> None:
+        """Whether the leases are current now, right before a call to Evolution: the fence's
+        test without its lock, which a transaction that writes nothing would release at once
+        (and pay a commit for)."""
+        with self.failures(doing):
+            async with self._pool.acquire() as conn:
+                await self._fence(conn, leases, hold=False)
+
+    async def _fence(self, conn: Conn, leases: Iterable[LeaseToken], *, hold: bool = True) -> None:
         """Hold each lease row (FOR SHARE) until commit, so a takeover waits for this write."""
         for token in sorted(leases, key=lambda t: t.server):
             held = await conn.fetchval(
                 f"SELECT true FROM {self.names.own}.leases"
                 " WHERE server = $1 AND holder = $2 AND epoch = $3 AND expires_at > now()"
-                " FOR SHARE",
+                + (" FOR SHARE" if hold else ""),
                 token.server, token.holder, token.epoch,
             )
             if not held:

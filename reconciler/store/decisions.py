@@ -86,8 +86,7 @@ class DecisionTables:
 
     async def check_lease(self, lease: LeaseToken) -> None:
         """Right before a call to Evolution: LeaseLost if the pass may no longer act."""
-        async with self._db.transaction("checking a lease", [lease]):
-            pass
+        await self._db.check("checking a lease", [lease])
 
     async def begin_delete(self, entry: InstanceMemory, *, lease: LeaseToken) -> None:
         """Persist a delete's intent and its event id before the first call (SPEC 5): whatever
