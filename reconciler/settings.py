@@ -7,21 +7,15 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
-from pydantic import (
-    AfterValidator,
-    AliasChoices,
-    BeforeValidator,
-    Field,
-    ValidationError,
-    WrapValidator,
-)
+from pydantic import AfterValidator, AliasChoices, BeforeValidator, Field, WrapValidator
 from pydantic.dataclasses import dataclass
+from pydantic_core import ValidationError
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, TomlConfigSettingsSource
 from pydantic_settings import PydanticBaseSettingsSource as Source
 
@@ -37,10 +31,10 @@ _POLICY = Policy()
 DEFAULT_MANAGED_PATTERN = _POLICY.managed_pattern.pattern
 _SECRETS = ("database_url", "redis_url", "evolution_api_key", "webhook_token")
 _HIDDEN = frozenset({*_SECRETS, "api_key"})  # keys whose values a message never shows
-_INTERNAL = ("servers", "config_file", "warnings")  # fields that are not settings of their own
 _IDENTIFIER = "an SQL identifier matching ^[A-Za-z_][A-Za-z0-9_]{0,62}$"
 _URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/?#@]*:)[^\s/?#]+@")
 _QUERY_PASSWORD = re.compile(r"(?i)(?P<head>[?&](?:ssl)?password=)[^&\s#]+")
+_T = TypeVar("_T")
 
 
 class SettingsError(Exception):
@@ -103,10 +97,9 @@ def _regex(value: object, entry: str = "") -> re.Pattern[str]:
     try:
         return re.compile(value)
     except re.error as e:
-        if not entry:
-            raise _Invalid(f"must be a valid regular expression ({e})") from None
-        raise _Invalid(f'must be comma-separated names or regular expressions; "{entry}" is not'
-                       f" a valid regular expression ({e})") from None
+        must = (f'must be comma-separated names or regular expressions; "{entry}" is not a valid'
+                if entry else "must be a valid")
+        raise _Invalid(f"{must} regular expression ({e})") from None
 
 
 def _protected(value: object) -> tuple[re.Pattern[str], ...]:
@@ -172,8 +165,6 @@ _Fraction = Annotated[float, Field(gt=0, le=1), _must("must be a fraction in (0,
 _Secret = Annotated[_Str, BeforeValidator(_secret)]
 _ApiKey = Annotated[_Secret, _check(
     r"[\x20-\x7e]+", "must hold only printable ASCII characters (it is sent as an HTTP header)")]
-_Token = Annotated[_Secret, _check(
-    r"[A-Za-z0-9._~-]+", "must hold only letters, digits and - . _ ~ (it is part of a URL path)")]
 _HttpUrl = Annotated[str, _must("must be an http:// or https:// URL"), AfterValidator(_http_url)]
 _Lower = BeforeValidator(lambda value: value.lower() if isinstance(value, str) else value)
 
@@ -261,7 +252,9 @@ class Settings(BaseSettings):
     "" disables it."""
     http_addr: Annotated[tuple[str, int], NoDecode, BeforeValidator(_address)] = ("0.0.0.0", 9478)
     """Where metrics, health and webhooks listen (SPEC 6)."""
-    webhook_token: _Token | None = Field(None, repr=False)
+    webhook_token: Annotated[_Secret, _check(r"[A-Za-z0-9._~-]+", "must hold only letters, digits"
+                             " and - . _ ~ (it is part of a URL path)")] | None = Field(None,
+                                                                                        repr=False)
     """The `{token}` of Evolution's webhook URL (SPEC 4.6); None refuses every webhook."""
     log_format: Annotated[Literal["json", "console"], _Lower,
                           _must("must be one of json, console")] | None = None
@@ -318,27 +311,30 @@ def redact(text: str, settings: Settings | None = None) -> str:
     """Masks every secret of `settings` (as given and URL-encoded) and any password in a URL."""
     found: set[str] = set()
     if settings:
-        found = {settings.webhook_token or "", *(s.api_key for s in settings.servers)}
-        for url in (settings.database_url, settings.redis_url):
-            found.update(m[0][len(m["head"]) : -1] for m in _URL_PASSWORD.finditer(url))
-            found.update(m[0][len(m["head"]) :] for m in _QUERY_PASSWORD.finditer(url))
+        urls = (settings.database_url, settings.redis_url)
+        found = {settings.webhook_token or "", *(s.api_key for s in settings.servers),
+                 *(password for url in urls for password in redaction.url_passwords(url))}
     found |= {unquote(s) for s in found} | {quote(s, safe="") for s in found}
     return safe_url(redaction.redact(text, found))
 
 
+_INTERNAL = ("servers", "config_file", "warnings")  # fields that are not settings of their own
 _KEYS = ["schema" if name == "own_schema" else name for name in Settings.model_fields
          if name not in _INTERNAL]
 _VARIABLES = {ENV_PREFIX + key.upper(): key for key in _KEYS}
 _KNOWN = {CONFIG_VARIABLE, *_VARIABLES, *(f"{ENV_PREFIX}{k.upper()}_FILE" for k in _SECRETS)}
-_STREAM = f"{ENV_PREFIX}EVENTS_STREAM"
-"""The one setting whose empty value means something: no stream."""
 _Found = dict[str, tuple[Any, str] | None]
 """Per key, its value and the place a message names, or None when it failed (already said)."""
 
 
+def _variable(key: str) -> str:
+    return ENV_PREFIX + key.upper()
+
+
 class _Environment(EnvSettingsSource):
     """Only the known variables of `environ` (given, so that the demo and tests leave os.environ
-    alone): neither `SCHEMA` (an alias) nor `RECONCILER_SERVERS` (not a setting) is read."""
+    alone): neither `SCHEMA` (an alias) nor `RECONCILER_SERVERS` (not a setting) is read. Empty
+    is unset, but for the one setting whose empty value means something: no stream."""
 
     def __init__(self, environ: Mapping[str, str]) -> None:
         self.environ = environ
@@ -346,7 +342,19 @@ class _Environment(EnvSettingsSource):
 
     def _load_env_vars(self) -> Mapping[str, str | None]:
         return {name.lower(): value for name, value in self.environ.items()
-                if name in _VARIABLES and (value or name == _STREAM)}
+                if name in _VARIABLES and (value or name == _variable("events_stream"))}
+
+
+def _read_config(path: Path, problems: list[str]) -> dict[str, Any]:
+    """The TOML file; the source skips one it cannot find, so open it first to say why."""
+    try:
+        path.open("rb").close()
+        return TomlConfigSettingsSource(Settings, toml_file=path)()
+    except OSError as e:
+        problems.append(f"{CONFIG_VARIABLE}: cannot read {path}: {e.strerror or e}")
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        problems.append(f"{CONFIG_VARIABLE}: {path} is not valid TOML ({e})")
+    return {}
 
 
 def _read_secret(name: object, base: Path | None) -> str:
@@ -364,37 +372,25 @@ def _read_secret(name: object, base: Path | None) -> str:
     return text
 
 
-def _layer(given: dict[str, Any], named: Callable[[str], str], files: Mapping[str, object],
-           file_named: Callable[[str], str], base: Path | None, problems: list[str],
-           done: Mapping[str, object]) -> _Found:
-    """A source and its secret files (relative to `base`) but those already `done`; None: failed."""
-    found: _Found = {key: (value, named(key)) for key, value in given.items()}
-    for key, name in files.items():
+def _layer(given: Mapping[str, Any], place: Callable[[str], str], secrets: Collection[str],
+           base: Path | None, problems: list[str], done: Collection[str] = ()) -> _Found:
+    """A source, each `<secret>_file` in it read (relative to `base`) unless the secret is `done`
+    by a source before it; `place` names a key (or a `_file` key) where a message says it."""
+    found: _Found = {key: (value, place(key)) for key, value in given.items()
+                     if not (key.endswith("_file") and key[:-5] in secrets)}
+    for key in secrets:
+        name = given.get(f"{key}_file")
         if name in (None, "") or (key in done and key not in given):
             continue
+        found[key] = None
         if key in given:
-            problems.append(f"{named(key)}, {file_named(key)}: both are set; set only one")
-            found[key] = None
+            problems.append(f"{place(key)}, {place(key + '_file')}: both are set; set only one")
             continue
         try:
-            found[key] = (_read_secret(name, base), file_named(key))
+            found[key] = (_read_secret(name, base), place(key + "_file"))
         except _Invalid as e:
-            problems.append(f"{file_named(key)}: {e}")
-            found[key] = None
+            problems.append(f"{place(key + '_file')}: {e}")
     return found
-
-
-def _read_config(path: Path, problems: list[str]) -> dict[str, Any]:
-    """The TOML file; the source skips one it cannot find, so open it first to say why."""
-    try:
-        path.open("rb").close()
-        return TomlConfigSettingsSource(Settings, toml_file=path)()
-    except OSError as e:
-        problems.append(f"{CONFIG_VARIABLE}: cannot read {path}: {e.strerror or e}")
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        problems.append(f"{CONFIG_VARIABLE}: {path} is not valid TOML ({e})")
-    return {}
-
 
 
 def load_settings(environ: Mapping[str, str] | None = None, *,
@@ -404,46 +400,34 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
     problems: list[str] = []
     path = Path(env.get(CONFIG_VARIABLE) or "")
     doc = _read_config(path, problems) if env.get(CONFIG_VARIABLE) else {}
-    var = {key: ENV_PREFIX + key.upper() for key in (*_KEYS, *doc)}
-    found = _layer(_Environment(env)(), var.__getitem__, {k: env.get(f"{var[k]}_FILE") for k in
-                   _SECRETS}, lambda k: f"{var[k]}_FILE", None, problems, {})
+    files = {f"{key}_file": env.get(_variable(key) + "_FILE") for key in _SECRETS}
+    found = _layer(_Environment(env)() | files, _variable, _SECRETS, None, problems)
     problems += [f"{key} (in {path}): unknown setting" for key in _INTERNAL[1:] if key in doc]
-    toml = {k: v for k, v in doc.items() if k not in _INTERNAL and (v != "" or k == "events_stream")
-            and not (k.endswith("_file") and k[:-5] in _SECRETS)}
-    found = _layer(toml, lambda k: f"{var[k]} ({k} in {path})", {k: doc.get(f"{k}_file") for k in
-                   _SECRETS}, lambda k: f"{var[k]}_FILE ({k}_file in {path})", path.parent,
+    toml = {k: v for k, v in doc.items()
+            if k not in _INTERNAL and (v != "" or k == "events_stream")}
+    found = _layer(toml, lambda k: f"{_variable(k)} ({k} in {path})", _SECRETS, path.parent,
                    problems, found) | found
-    values = {key: got[0] for key, got in found.items() if got}
-    origins = {key: got[1] for key, got in found.items() if got}
-    failed = {key for key, got in found.items() if got is None}
-    """Keys that already have a problem, so that "required" is not said on top."""
     listed = doc.get("servers")
     servers = _servers(listed, path, problems) if listed else ()
-    settings = None
-    try:
-        settings = Settings(
-            **values, servers=servers or (), config_file=str(path) if doc else None,
-            warnings=tuple(f"{name}: unknown setting, ignored" for name in sorted(env)
-                           if name.startswith(ENV_PREFIX) and name not in _KNOWN))
-    except ValidationError as e:
-        explained = _explain(e, origins.__getitem__, f"{{}} (in {path}): unknown setting".format)
-        problems.extend(explained.values())
-        failed.update(explained)
-    url, key = origins.get("evolution_url"), origins.get("evolution_api_key")
+    settings = _build(Settings, found, str, f"{{}} (in {path}): unknown setting".format,
+                      problems, servers=servers or (), config_file=str(path) if doc else None,
+                      warnings=tuple(f"{name}: unknown setting, ignored" for name in sorted(env)
+                                     if name.startswith(ENV_PREFIX) and name not in _KNOWN))
+    url, key = found.get("evolution_url"), found.get("evolution_api_key", ())
     if listed:
         if url:
-            problems.append(f"{url}: set while {path} lists [[servers]]")
+            problems.append(f"{url[1]}: set while {path} lists [[servers]]")
         if key:
-            problems.append(f"{key}: set while {path} lists [[servers]]; give each its api_key")
+            problems.append(f"{key[1]}: set while {path} lists [[servers]]; give each its api_key")
     elif key and not url:
-        problems.append(f"{key}: set without {ENV_PREFIX}EVOLUTION_URL")
-    elif url and not key and "evolution_api_key" not in failed:
+        problems.append(f"{key[1]}: set without {ENV_PREFIX}EVOLUTION_URL")
+    elif url and key == ():
         problems.append(f"{ENV_PREFIX}EVOLUTION_API_KEY: required with {ENV_PREFIX}EVOLUTION_URL"
                         f" (or {ENV_PREFIX}EVOLUTION_API_KEY_FILE)")
     if require_services:
         for name in ("database_url", "redis_url"):
-            if name not in origins and name not in failed:
-                problems.append(f"{var[name]}: required (or {var[name]}_FILE)")
+            if name not in found:
+                problems.append(f"{_variable(name)}: required (or {_variable(name)}_FILE)")
         if not listed and not url and servers is not None:
             problems.append(f"{ENV_PREFIX}EVOLUTION_URL: required unless the file named by"
                             f" {CONFIG_VARIABLE} lists [[servers]]")
@@ -464,17 +448,10 @@ def _servers(listed: object, path: Path, problems: list[str]) -> tuple[ServerCon
     count, servers = len(problems), list[ServerConfig]()
     for number, table in enumerate(listed, start=1):
         where = f"of [[servers]] #{number} in {path}"
-        given = {"api_key": table.pop("api_key")} if "api_key" in table else {}
-        files = {"api_key": table.pop("api_key_file", None)}
-        api_key = _layer(given, f"{{}} {where}".format, files, f"{{}}_file {where}".format,
-                         path.parent, problems, {})
-        if api_key.get("api_key", ()) is None:
-            continue
-        try:
-            server = ServerConfig(**table, **{k: got[0] for k, got in api_key.items() if got})
-        except ValidationError as e:
-            explained = _explain(e, f"{{}} {where}".format, f"{{}} {where}: unknown key".format)
-            problems.extend(explained.values())
+        found = _layer(table, f"{{}} {where}".format, ("api_key",), path.parent, problems)
+        server = _build(ServerConfig, found, f"{{}} {where}".format,
+                        f"{{}} {where}: unknown key".format, problems)
+        if server is None:
             continue
         for other in servers:
             if server.name == other.name:
@@ -485,24 +462,30 @@ def _servers(listed: object, path: Path, problems: list[str]) -> tuple[ServerCon
     return tuple(servers) if len(problems) == count else None
 
 
-def _explain(error: ValidationError, origin: Callable[[str], str],
-             unknown: Callable[[str], str]) -> dict[str, str]:
-    """One message per key: where it came from, what it must be, and what it was unless secret."""
-    messages: dict[str, str] = {}
-    for detail in error.errors():
-        key, cause = str(detail["loc"][0]), (detail.get("ctx") or {}).get("error")
-        if key in messages:
-            continue
-        if detail["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
-            messages[key] = unknown(key)
-        elif detail["type"] == "missing":
-            either = " (api_key or api_key_file)" if key == "api_key" else ""
-            messages[key] = f"{origin(key)}: required{either}"
-        else:
-            must = cause if isinstance(cause, _Invalid) else "is invalid"
-            shown = "" if key in _HIDDEN else f", got {_show(detail['input'])}"
-            messages[key] = f"{origin(key)}: {must}{shown}"
-    return messages
+def _build(cls: Callable[..., _T], found: _Found, place: Callable[[str], str],
+           unknown: Callable[[str], str], problems: list[str], **given: Any) -> _T | None:
+    """`cls` of the values found, or None after one problem per key: where it came from, what it
+    must be, and what it was unless secret; a key that failed already is not said again."""
+    try:
+        return cls(**{key: got[0] for key, got in found.items() if got}, **given)
+    except ValidationError as error:
+        said = {key for key, got in found.items() if got is None}
+        for detail in error.errors():
+            key, cause = str(detail["loc"][0]), (detail.get("ctx") or {}).get("error")
+            if key in said:
+                continue
+            said.add(key)
+            where = got[1] if (got := found.get(key)) else place(key)
+            if detail["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+                problems.append(unknown(key))
+            elif detail["type"] == "missing":
+                either = " (api_key or api_key_file)" if key == "api_key" else ""
+                problems.append(f"{where}: required{either}")
+            else:
+                must = cause if isinstance(cause, _Invalid) else "is invalid"
+                shown = "" if key in _HIDDEN else f", got {_show(detail['input'])}"
+                problems.append(f"{where}: {must}{shown}")
+        return None
 
 
 def _show(value: object) -> str:
