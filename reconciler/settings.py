@@ -15,6 +15,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from pydantic import AfterValidator, AliasChoices, BeforeValidator, Field, WrapValidator
 from pydantic.dataclasses import dataclass
+from pydantic.types import StringConstraints
 from pydantic_core import ValidationError
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, TomlConfigSettingsSource
 from pydantic_settings import PydanticBaseSettingsSource as Source
@@ -22,7 +23,6 @@ from pydantic_settings import PydanticBaseSettingsSource as Source
 from reconciler import redaction
 from reconciler.model import Mode, Policy
 from reconciler.redaction import MASK
-from reconciler.store.names import check_identifier
 
 ENV_PREFIX = "RECONCILER_"
 CONFIG_VARIABLE = "RECONCILER_CONFIG"
@@ -31,7 +31,8 @@ _POLICY = Policy()
 DEFAULT_MANAGED_PATTERN = _POLICY.managed_pattern.pattern
 _SECRETS = ("database_url", "redis_url", "evolution_api_key", "webhook_token")
 _HIDDEN = frozenset({*_SECRETS, "api_key"})  # keys whose values a message never shows
-_IDENTIFIER = "an SQL identifier matching ^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+_NAME = r"[A-Za-z_][A-Za-z0-9_]{0,62}"  # one PostgreSQL does not truncate
+_IDENTIFIER = f"an SQL identifier matching ^{_NAME}$"
 _URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/?#@]*:)[^\s/?#]+@")
 _QUERY_PASSWORD = re.compile(r"(?i)(?P<head>[?&](?:ssl)?password=)[^&\s#]+")
 _T = TypeVar("_T")
@@ -73,22 +74,6 @@ def _check(test: Callable[[str], object] | str, requirement: str) -> AfterValida
         return value
 
     return AfterValidator(check)
-
-
-def _identifiers(value: str, count: int) -> bool:
-    """`count` dot-separated SQL identifiers, by the store's check."""
-    parts = value.split(".")
-    try:
-        return len(parts) == count and all(check_identifier(p, "") for p in parts)
-    except ValueError:
-        return False
-
-
-def _secret(value: object) -> object:
-    """Mounted secrets and `secretKeyRef`s end in a newline that must not reach the wire."""
-    if isinstance(value, str) and not value.strip():
-        raise _Invalid("must not be empty")
-    return value.strip() if isinstance(value, str) else value
 
 
 def _regex(value: object, entry: str = "") -> re.Pattern[str]:
@@ -158,13 +143,15 @@ def _address(value: object) -> tuple[str, int]:
     return (host, int(port))
 
 
-_Str = Annotated[str, _must("must be a string")]
 _Positive = Annotated[float, Field(gt=0, allow_inf_nan=False), _must("must be a number > 0")]
 _NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False), _must("must be a number >= 0")]
 _Fraction = Annotated[float, Field(gt=0, le=1), _must("must be a fraction in (0, 1]")]
-_Secret = Annotated[_Str, BeforeValidator(_secret)]
+_Secret = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+"""Mounted secrets and `secretKeyRef`s end in a newline that must not reach the wire."""
 _ApiKey = Annotated[_Secret, _check(
     r"[\x20-\x7e]+", "must hold only printable ASCII characters (it is sent as an HTTP header)")]
+_Token = Annotated[_Secret, _check(
+    r"[A-Za-z0-9._~-]+", "must hold only letters, digits and - . _ ~ (it is part of a URL path)")]
 _HttpUrl = Annotated[str, _must("must be an http:// or https:// URL"), AfterValidator(_http_url)]
 _Lower = BeforeValidator(lambda value: value.lower() if isinstance(value, str) else value)
 
@@ -178,13 +165,10 @@ class ServerConfig:
     """Names its metrics, logs and decisions; unique."""
     url: _HttpUrl
     """The base URL, without credentials, query string or fragment."""
-    api_key: _ApiKey
+    api_key: _ApiKey = Field(repr=False)
     """Its global API key (or `api_key_file`), sent as a header."""
-    version: Annotated[Literal["auto", "v1", "v2"], _must("must be one of auto, v1, v2")] = "auto"
+    version: Literal["auto", "v1", "v2"] = "auto"
     """"auto" (detect from `GET /` and the responses), "v1" or "v2"."""
-
-    def __repr__(self) -> str:
-        return f"ServerConfig(name={self.name!r}, url={self.url!r}, version={self.version!r})"
 
 
 class Settings(BaseSettings):
@@ -206,7 +190,7 @@ class Settings(BaseSettings):
     """Its global API key (or `RECONCILER_EVOLUTION_API_KEY_FILE`)."""
     servers: tuple[ServerConfig, ...] = ()
     """Every server reconciled: the TOML `[[servers]]`, or the single one above."""
-    mode: Annotated[Mode, _must("must be one of dry_run, enforce")] = _POLICY.mode
+    mode: Mode = _POLICY.mode
     """`enforce` acts; `dry_run` only says what it would do (SPEC 4.3)."""
     interval_seconds: _Positive = 30.0
     """Between passes, with +/-10% jitter."""
@@ -238,29 +222,25 @@ class Settings(BaseSettings):
     """Per request to Evolution (listing a large server is slow)."""
     shutdown_seconds: _Positive = 10.0
     """From SIGTERM to exit, whatever a server is doing (SPEC 7)."""
-    integrations_table: Annotated[_Str, _check(lambda v: _identifiers(v, 2), "must be schema.table,"
-                                  f" each part {_IDENTIFIER}")] = "healthcare.integrations"
+    integrations_table: Annotated[str, _check(rf"{_NAME}\.{_NAME}", "must be schema.table, each"
+                                  f" part {_IDENTIFIER}")] = "healthcare.integrations"
     """The desired state (SPEC 2)."""
-    own_schema: Annotated[_Str, _check(lambda v: _identifiers(v, 1), f"must be {_IDENTIFIER}")] = (
+    own_schema: Annotated[str, _check(_NAME, f"must be {_IDENTIFIER}")] = (
         Field("reconciler", validation_alias=AliasChoices("schema", "reconciler_schema")))
     """The daemon's own schema (SPEC 2): `schema` in TOML, `RECONCILER_SCHEMA` (not the name)."""
-    events_channel: _Str = "whatsapp:instance-events"
+    events_channel: str = "whatsapp:instance-events"
     """The Redis pub/sub channel of events (SPEC 5)."""
-    events_stream: Annotated[_Str, AfterValidator(lambda v: v or None)] | None = (
+    events_stream: Annotated[str, AfterValidator(lambda v: v or None)] | None = (
         "whatsapp:instance-events:stream")
     """The Redis stream of events, on so that a worker that was down misses nothing (SPEC 5.1);
     "" disables it."""
     http_addr: Annotated[tuple[str, int], NoDecode, BeforeValidator(_address)] = ("0.0.0.0", 9478)
     """Where metrics, health and webhooks listen (SPEC 6)."""
-    webhook_token: Annotated[_Secret, _check(r"[A-Za-z0-9._~-]+", "must hold only letters, digits"
-                             " and - . _ ~ (it is part of a URL path)")] | None = Field(None,
-                                                                                        repr=False)
+    webhook_token: _Token | None = Field(None, repr=False)
     """The `{token}` of Evolution's webhook URL (SPEC 4.6); None refuses every webhook."""
-    log_format: Annotated[Literal["json", "console"], _Lower,
-                          _must("must be one of json, console")] | None = None
+    log_format: Annotated[Literal["json", "console"], _Lower] | None = None
     """"json", "console", or None: console on a terminal, json otherwise."""
-    log_level: Annotated[Literal["debug", "info", "warning", "error"], _Lower,
-                         _must("must be one of debug, info, warning, error")] = "info"
+    log_level: Annotated[Literal["debug", "info", "warning", "error"], _Lower] = "info"
     config_file: str | None = Field(None, exclude=True)
     """The TOML file the settings were read from, if any (not a setting)."""
     warnings: tuple[str, ...] = Field((), exclude=True)
@@ -323,6 +303,9 @@ _KEYS = ["schema" if name == "own_schema" else name for name in Settings.model_f
          if name not in _INTERNAL]
 _VARIABLES = {ENV_PREFIX + key.upper(): key for key in _KEYS}
 _KNOWN = {CONFIG_VARIABLE, *_VARIABLES, *(f"{ENV_PREFIX}{k.upper()}_FILE" for k in _SECRETS)}
+_SAID = {"string_type": "must be a string", "string_too_short": "must not be empty",
+         "literal_error": "must be one of {}", "enum": "must be one of {}"}
+"""pydantic's errors in the house's words; `{}` is the choices of its `expected`."""
 _Found = dict[str, tuple[Any, str] | None]
 """Per key, its value and the place a message names, or None when it failed (already said)."""
 
@@ -409,7 +392,7 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
                    problems, found) | found
     listed = doc.get("servers")
     servers = _servers(listed, path, problems) if listed else ()
-    settings = _build(Settings, found, str, f"{{}} (in {path}): unknown setting".format,
+    settings = _build(Settings, found, _variable, f"{{}} (in {path}): unknown setting".format,
                       problems, servers=servers or (), config_file=str(path) if doc else None,
                       warnings=tuple(f"{name}: unknown setting, ignored" for name in sorted(env)
                                      if name.startswith(ENV_PREFIX) and name not in _KNOWN))
@@ -471,7 +454,7 @@ def _build(cls: Callable[..., _T], found: _Found, place: Callable[[str], str],
     except ValidationError as error:
         said = {key for key, got in found.items() if got is None}
         for detail in error.errors():
-            key, cause = str(detail["loc"][0]), (detail.get("ctx") or {}).get("error")
+            key, ctx = str(detail["loc"][0]), detail.get("ctx") or {}
             if key in said:
                 continue
             said.add(key)
@@ -482,7 +465,9 @@ def _build(cls: Callable[..., _T], found: _Found, place: Callable[[str], str],
                 either = " (api_key or api_key_file)" if key == "api_key" else ""
                 problems.append(f"{where}: required{either}")
             else:
-                must = cause if isinstance(cause, _Invalid) else "is invalid"
+                choices = str(ctx.get("expected")).replace("'", "").replace(" or ", ", ")
+                said_as = _SAID.get(detail["type"], "is invalid").format(choices)
+                must = ctx["error"] if isinstance(ctx.get("error"), _Invalid) else said_as
                 shown = "" if key in _HIDDEN else f", got {_show(detail['input'])}"
                 problems.append(f"{where}: {must}{shown}")
         return None
