@@ -458,7 +458,7 @@ def _build(cls: Callable[..., _T], found: _Found, place: Callable[[str], str],
             if key in said:
                 continue
             said.add(key)
-            where = got[1] if (got := found.get(key)) else place(key)
+            value, where = found.get(key) or (detail["input"], place(key))
             if detail["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
                 problems.append(unknown(key))
             elif detail["type"] == "missing":
@@ -468,7 +468,7 @@ def _build(cls: Callable[..., _T], found: _Found, place: Callable[[str], str],
                 choices = str(ctx.get("expected")).replace("'", "").replace(" or ", ", ")
                 said_as = _SAID.get(detail["type"], "is invalid").format(choices)
                 must = ctx["error"] if isinstance(ctx.get("error"), _Invalid) else said_as
-                shown = "" if key in _HIDDEN else f", got {_show(detail['input'])}"
+                shown = "" if key in _HIDDEN else f", got {_show(value)}"
                 problems.append(f"{where}: {must}{shown}")
         return None
 
