@@ -298,20 +298,20 @@ def redact(text: str, settings: Settings | None = None) -> str:
     return safe_url(redaction.redact(text, found))
 
 
+def _variable(key: str) -> str:
+    return ENV_PREFIX + key.upper()
+
+
 _INTERNAL = ("servers", "config_file", "warnings")  # fields that are not settings of their own
 _KEYS = ["schema" if name == "own_schema" else name for name in Settings.model_fields
          if name not in _INTERNAL]
-_VARIABLES = {ENV_PREFIX + key.upper(): key for key in _KEYS}
-_KNOWN = {CONFIG_VARIABLE, *_VARIABLES, *(f"{ENV_PREFIX}{k.upper()}_FILE" for k in _SECRETS)}
+_VARIABLES = {_variable(key): key for key in _KEYS}
+_KNOWN = {CONFIG_VARIABLE, *_VARIABLES, *(_variable(f"{key}_file") for key in _SECRETS)}
 _SAID = {"string_type": "must be a string", "string_too_short": "must not be empty",
          "literal_error": "must be one of {}", "enum": "must be one of {}"}
 """pydantic's errors in the house's words; `{}` is the choices of its `expected`."""
 _Found = dict[str, tuple[Any, str] | None]
 """Per key, its value and the place a message names, or None when it failed (already said)."""
-
-
-def _variable(key: str) -> str:
-    return ENV_PREFIX + key.upper()
 
 
 class _Environment(EnvSettingsSource):
@@ -383,7 +383,7 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
     problems: list[str] = []
     path = Path(env.get(CONFIG_VARIABLE) or "")
     doc = _read_config(path, problems) if env.get(CONFIG_VARIABLE) else {}
-    files = {f"{key}_file": env.get(_variable(key) + "_FILE") for key in _SECRETS}
+    files = {f"{key}_file": env.get(_variable(f"{key}_file")) for key in _SECRETS}
     found = _layer(_Environment(env)() | files, _variable, _SECRETS, None, problems)
     problems += [f"{key} (in {path}): unknown setting" for key in _INTERNAL[1:] if key in doc]
     toml = {k: v for k, v in doc.items()
