@@ -7,28 +7,22 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
-from pydantic import (
-    AfterValidator,
-    AliasChoices,
-    BeforeValidator,
-    Field,
-    ValidationError,
-    WrapValidator,
-)
+from pydantic import AfterValidator, AliasChoices, BeforeValidator, Field, WrapValidator
 from pydantic.dataclasses import dataclass
+from pydantic.types import StringConstraints
+from pydantic_core import ValidationError
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, TomlConfigSettingsSource
 from pydantic_settings import PydanticBaseSettingsSource as Source
 
 from reconciler import redaction
 from reconciler.model import Mode, Policy
 from reconciler.redaction import MASK
-from reconciler.store.names import check_identifier
 
 ENV_PREFIX = "RECONCILER_"
 CONFIG_VARIABLE = "RECONCILER_CONFIG"
@@ -37,10 +31,11 @@ _POLICY = Policy()
 DEFAULT_MANAGED_PATTERN = _POLICY.managed_pattern.pattern
 _SECRETS = ("database_url", "redis_url", "evolution_api_key", "webhook_token")
 _HIDDEN = frozenset({*_SECRETS, "api_key"})  # keys whose values a message never shows
-_INTERNAL = ("servers", "config_file", "warnings")  # fields that are not settings of their own
-_IDENTIFIER = "an SQL identifier matching ^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+_NAME = r"[A-Za-z_][A-Za-z0-9_]{0,62}"  # one PostgreSQL does not truncate
+_IDENTIFIER = f"an SQL identifier matching ^{_NAME}$"
 _URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/?#@]*:)[^\s/?#]+@")
 _QUERY_PASSWORD = re.compile(r"(?i)(?P<head>[?&](?:ssl)?password=)[^&\s#]+")
+_T = TypeVar("_T")
 
 
 class SettingsError(Exception):
@@ -81,32 +76,15 @@ def _check(test: Callable[[str], object] | str, requirement: str) -> AfterValida
     return AfterValidator(check)
 
 
-def _identifiers(value: str, count: int) -> bool:
-    """`count` dot-separated SQL identifiers, by the store's check."""
-    parts = value.split(".")
-    try:
-        return len(parts) == count and all(check_identifier(p, "") for p in parts)
-    except ValueError:
-        return False
-
-
-def _secret(value: object) -> object:
-    """Mounted secrets and `secretKeyRef`s end in a newline that must not reach the wire."""
-    if isinstance(value, str) and not value.strip():
-        raise _Invalid("must not be empty")
-    return value.strip() if isinstance(value, str) else value
-
-
 def _regex(value: object, entry: str = "") -> re.Pattern[str]:
     if not isinstance(value, str):
         raise _Invalid("must be a regular expression")
     try:
         return re.compile(value)
     except re.error as e:
-        if not entry:
-            raise _Invalid(f"must be a valid regular expression ({e})") from None
-        raise _Invalid(f'must be comma-separated names or regular expressions; "{entry}" is not'
-                       f" a valid regular expression ({e})") from None
+        must = (f'must be comma-separated names or regular expressions; "{entry}" is not a valid'
+                if entry else "must be a valid")
+        raise _Invalid(f"{must} regular expression ({e})") from None
 
 
 def _protected(value: object) -> tuple[re.Pattern[str], ...]:
@@ -165,11 +143,11 @@ def _address(value: object) -> tuple[str, int]:
     return (host, int(port))
 
 
-_Str = Annotated[str, _must("must be a string")]
 _Positive = Annotated[float, Field(gt=0, allow_inf_nan=False), _must("must be a number > 0")]
 _NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False), _must("must be a number >= 0")]
 _Fraction = Annotated[float, Field(gt=0, le=1), _must("must be a fraction in (0, 1]")]
-_Secret = Annotated[_Str, BeforeValidator(_secret)]
+_Secret = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+"""Mounted secrets and `secretKeyRef`s end in a newline that must not reach the wire."""
 _ApiKey = Annotated[_Secret, _check(
     r"[\x20-\x7e]+", "must hold only printable ASCII characters (it is sent as an HTTP header)")]
 _Token = Annotated[_Secret, _check(
@@ -187,13 +165,10 @@ class ServerConfig:
     """Names its metrics, logs and decisions; unique."""
     url: _HttpUrl
     """The base URL, without credentials, query string or fragment."""
-    api_key: _ApiKey
+    api_key: _ApiKey = Field(repr=False)
     """Its global API key (or `api_key_file`), sent as a header."""
-    version: Annotated[Literal["auto", "v1", "v2"], _must("must be one of auto, v1, v2")] = "auto"
+    version: Literal["auto", "v1", "v2"] = "auto"
     """"auto" (detect from `GET /` and the responses), "v1" or "v2"."""
-
-    def __repr__(self) -> str:
-        return f"ServerConfig(name={self.name!r}, url={self.url!r}, version={self.version!r})"
 
 
 class Settings(BaseSettings):
@@ -215,7 +190,7 @@ class Settings(BaseSettings):
     """Its global API key (or `RECONCILER_EVOLUTION_API_KEY_FILE`)."""
     servers: tuple[ServerConfig, ...] = ()
     """Every server reconciled: the TOML `[[servers]]`, or the single one above."""
-    mode: Annotated[Mode, _must("must be one of dry_run, enforce")] = _POLICY.mode
+    mode: Mode = _POLICY.mode
     """`enforce` acts; `dry_run` only says what it would do (SPEC 4.3)."""
     interval_seconds: _Positive = 30.0
     """Between passes, with +/-10% jitter."""
@@ -247,15 +222,15 @@ class Settings(BaseSettings):
     """Per request to Evolution (listing a large server is slow)."""
     shutdown_seconds: _Positive = 10.0
     """From SIGTERM to exit, whatever a server is doing (SPEC 7)."""
-    integrations_table: Annotated[_Str, _check(lambda v: _identifiers(v, 2), "must be schema.table,"
-                                  f" each part {_IDENTIFIER}")] = "healthcare.integrations"
+    integrations_table: Annotated[str, _check(rf"{_NAME}\.{_NAME}", "must be schema.table, each"
+                                  f" part {_IDENTIFIER}")] = "healthcare.integrations"
     """The desired state (SPEC 2)."""
-    own_schema: Annotated[_Str, _check(lambda v: _identifiers(v, 1), f"must be {_IDENTIFIER}")] = (
+    own_schema: Annotated[str, _check(_NAME, f"must be {_IDENTIFIER}")] = (
         Field("reconciler", validation_alias=AliasChoices("schema", "reconciler_schema")))
     """The daemon's own schema (SPEC 2): `schema` in TOML, `RECONCILER_SCHEMA` (not the name)."""
-    events_channel: _Str = "whatsapp:instance-events"
+    events_channel: str = "whatsapp:instance-events"
     """The Redis pub/sub channel of events (SPEC 5)."""
-    events_stream: Annotated[_Str, AfterValidator(lambda v: v or None)] | None = (
+    events_stream: Annotated[str, AfterValidator(lambda v: v or None)] | None = (
         "whatsapp:instance-events:stream")
     """The Redis stream of events, on so that a worker that was down misses nothing (SPEC 5.1);
     "" disables it."""
@@ -263,11 +238,9 @@ class Settings(BaseSettings):
     """Where metrics, health and webhooks listen (SPEC 6)."""
     webhook_token: _Token | None = Field(None, repr=False)
     """The `{token}` of Evolution's webhook URL (SPEC 4.6); None refuses every webhook."""
-    log_format: Annotated[Literal["json", "console"], _Lower,
-                          _must("must be one of json, console")] | None = None
+    log_format: Annotated[Literal["json", "console"], _Lower] | None = None
     """"json", "console", or None: console on a terminal, json otherwise."""
-    log_level: Annotated[Literal["debug", "info", "warning", "error"], _Lower,
-                         _must("must be one of debug, info, warning, error")] = "info"
+    log_level: Annotated[Literal["debug", "info", "warning", "error"], _Lower] = "info"
     config_file: str | None = Field(None, exclude=True)
     """The TOML file the settings were read from, if any (not a setting)."""
     warnings: tuple[str, ...] = Field((), exclude=True)
@@ -318,27 +291,33 @@ def redact(text: str, settings: Settings | None = None) -> str:
     """Masks every secret of `settings` (as given and URL-encoded) and any password in a URL."""
     found: set[str] = set()
     if settings:
-        found = {settings.webhook_token or "", *(s.api_key for s in settings.servers)}
-        for url in (settings.database_url, settings.redis_url):
-            found.update(m[0][len(m["head"]) : -1] for m in _URL_PASSWORD.finditer(url))
-            found.update(m[0][len(m["head"]) :] for m in _QUERY_PASSWORD.finditer(url))
+        urls = (settings.database_url, settings.redis_url)
+        found = {settings.webhook_token or "", *(s.api_key for s in settings.servers),
+                 *(password for url in urls for password in redaction.url_passwords(url))}
     found |= {unquote(s) for s in found} | {quote(s, safe="") for s in found}
     return safe_url(redaction.redact(text, found))
 
 
+def _variable(key: str) -> str:
+    return ENV_PREFIX + key.upper()
+
+
+_INTERNAL = ("servers", "config_file", "warnings")  # fields that are not settings of their own
 _KEYS = ["schema" if name == "own_schema" else name for name in Settings.model_fields
          if name not in _INTERNAL]
-_VARIABLES = {ENV_PREFIX + key.upper(): key for key in _KEYS}
-_KNOWN = {CONFIG_VARIABLE, *_VARIABLES, *(f"{ENV_PREFIX}{k.upper()}_FILE" for k in _SECRETS)}
-_STREAM = f"{ENV_PREFIX}EVENTS_STREAM"
-"""The one setting whose empty value means something: no stream."""
+_VARIABLES = {_variable(key): key for key in _KEYS}
+_KNOWN = {CONFIG_VARIABLE, *_VARIABLES, *(_variable(f"{key}_file") for key in _SECRETS)}
+_SAID = {"string_type": "must be a string", "string_too_short": "must not be empty",
+         "literal_error": "must be one of {}", "enum": "must be one of {}"}
+"""pydantic's errors in the house's words; `{}` is the choices of its `expected`."""
 _Found = dict[str, tuple[Any, str] | None]
 """Per key, its value and the place a message names, or None when it failed (already said)."""
 
 
 class _Environment(EnvSettingsSource):
     """Only the known variables of `environ` (given, so that the demo and tests leave os.environ
-    alone): neither `SCHEMA` (an alias) nor `RECONCILER_SERVERS` (not a setting) is read."""
+    alone): neither `SCHEMA` (an alias) nor `RECONCILER_SERVERS` (not a setting) is read. Empty
+    is unset, but for the one setting whose empty value means something: no stream."""
 
     def __init__(self, environ: Mapping[str, str]) -> None:
         self.environ = environ
@@ -346,7 +325,19 @@ class _Environment(EnvSettingsSource):
 
     def _load_env_vars(self) -> Mapping[str, str | None]:
         return {name.lower(): value for name, value in self.environ.items()
-                if name in _VARIABLES and (value or name == _STREAM)}
+                if name in _VARIABLES and (value or name == _variable("events_stream"))}
+
+
+def _read_config(path: Path, problems: list[str]) -> dict[str, Any]:
+    """The TOML file; the source skips one it cannot find, so open it first to say why."""
+    try:
+        path.open("rb").close()
+        return TomlConfigSettingsSource(Settings, toml_file=path)()
+    except OSError as e:
+        problems.append(f"{CONFIG_VARIABLE}: cannot read {path}: {e.strerror or e}")
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        problems.append(f"{CONFIG_VARIABLE}: {path} is not valid TOML ({e})")
+    return {}
 
 
 def _read_secret(name: object, base: Path | None) -> str:
@@ -364,37 +355,25 @@ def _read_secret(name: object, base: Path | None) -> str:
     return text
 
 
-def _layer(given: dict[str, Any], named: Callable[[str], str], files: Mapping[str, object],
-           file_named: Callable[[str], str], base: Path | None, problems: list[str],
-           done: Mapping[str, object]) -> _Found:
-    """A source and its secret files (relative to `base`) but those already `done`; None: failed."""
-    found: _Found = {key: (value, named(key)) for key, value in given.items()}
-    for key, name in files.items():
+def _layer(given: Mapping[str, Any], place: Callable[[str], str], secrets: Collection[str],
+           base: Path | None, problems: list[str], done: Collection[str] = ()) -> _Found:
+    """A source, each `<secret>_file` in it read (relative to `base`) unless the secret is `done`
+    by a source before it; `place` names a key (or a `_file` key) where a message says it."""
+    found: _Found = {key: (value, place(key)) for key, value in given.items()
+                     if not (key.endswith("_file") and key[:-5] in secrets)}
+    for key in secrets:
+        name = given.get(f"{key}_file")
         if name in (None, "") or (key in done and key not in given):
             continue
+        found[key] = None
         if key in given:
-            problems.append(f"{named(key)}, {file_named(key)}: both are set; set only one")
-            found[key] = None
+            problems.append(f"{place(key)}, {place(key + '_file')}: both are set; set only one")
             continue
         try:
-            found[key] = (_read_secret(name, base), file_named(key))
+            found[key] = (_read_secret(name, base), place(key + "_file"))
         except _Invalid as e:
-            problems.append(f"{file_named(key)}: {e}")
-            found[key] = None
+            problems.append(f"{place(key + '_file')}: {e}")
     return found
-
-
-def _read_config(path: Path, problems: list[str]) -> dict[str, Any]:
-    """The TOML file; the source skips one it cannot find, so open it first to say why."""
-    try:
-        path.open("rb").close()
-        return TomlConfigSettingsSource(Settings, toml_file=path)()
-    except OSError as e:
-        problems.append(f"{CONFIG_VARIABLE}: cannot read {path}: {e.strerror or e}")
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        problems.append(f"{CONFIG_VARIABLE}: {path} is not valid TOML ({e})")
-    return {}
-
 
 
 def load_settings(environ: Mapping[str, str] | None = None, *,
@@ -404,46 +383,34 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
     problems: list[str] = []
     path = Path(env.get(CONFIG_VARIABLE) or "")
     doc = _read_config(path, problems) if env.get(CONFIG_VARIABLE) else {}
-    var = {key: ENV_PREFIX + key.upper() for key in (*_KEYS, *doc)}
-    found = _layer(_Environment(env)(), var.__getitem__, {k: env.get(f"{var[k]}_FILE") for k in
-                   _SECRETS}, lambda k: f"{var[k]}_FILE", None, problems, {})
+    files = {f"{key}_file": env.get(_variable(f"{key}_file")) for key in _SECRETS}
+    found = _layer(_Environment(env)() | files, _variable, _SECRETS, None, problems)
     problems += [f"{key} (in {path}): unknown setting" for key in _INTERNAL[1:] if key in doc]
-    toml = {k: v for k, v in doc.items() if k not in _INTERNAL and (v != "" or k == "events_stream")
-            and not (k.endswith("_file") and k[:-5] in _SECRETS)}
-    found = _layer(toml, lambda k: f"{var[k]} ({k} in {path})", {k: doc.get(f"{k}_file") for k in
-                   _SECRETS}, lambda k: f"{var[k]}_FILE ({k}_file in {path})", path.parent,
+    toml = {k: v for k, v in doc.items()
+            if k not in _INTERNAL and (v != "" or k == "events_stream")}
+    found = _layer(toml, lambda k: f"{_variable(k)} ({k} in {path})", _SECRETS, path.parent,
                    problems, found) | found
-    values = {key: got[0] for key, got in found.items() if got}
-    origins = {key: got[1] for key, got in found.items() if got}
-    failed = {key for key, got in found.items() if got is None}
-    """Keys that already have a problem, so that "required" is not said on top."""
     listed = doc.get("servers")
     servers = _servers(listed, path, problems) if listed else ()
-    settings = None
-    try:
-        settings = Settings(
-            **values, servers=servers or (), config_file=str(path) if doc else None,
-            warnings=tuple(f"{name}: unknown setting, ignored" for name in sorted(env)
-                           if name.startswith(ENV_PREFIX) and name not in _KNOWN))
-    except ValidationError as e:
-        explained = _explain(e, origins.__getitem__, f"{{}} (in {path}): unknown setting".format)
-        problems.extend(explained.values())
-        failed.update(explained)
-    url, key = origins.get("evolution_url"), origins.get("evolution_api_key")
+    settings = _build(Settings, found, _variable, f"{{}} (in {path}): unknown setting".format,
+                      problems, servers=servers or (), config_file=str(path) if doc else None,
+                      warnings=tuple(f"{name}: unknown setting, ignored" for name in sorted(env)
+                                     if name.startswith(ENV_PREFIX) and name not in _KNOWN))
+    url, key = found.get("evolution_url"), found.get("evolution_api_key", ())
     if listed:
         if url:
-            problems.append(f"{url}: set while {path} lists [[servers]]")
+            problems.append(f"{url[1]}: set while {path} lists [[servers]]")
         if key:
-            problems.append(f"{key}: set while {path} lists [[servers]]; give each its api_key")
+            problems.append(f"{key[1]}: set while {path} lists [[servers]]; give each its api_key")
     elif key and not url:
-        problems.append(f"{key}: set without {ENV_PREFIX}EVOLUTION_URL")
-    elif url and not key and "evolution_api_key" not in failed:
+        problems.append(f"{key[1]}: set without {ENV_PREFIX}EVOLUTION_URL")
+    elif url and key == ():
         problems.append(f"{ENV_PREFIX}EVOLUTION_API_KEY: required with {ENV_PREFIX}EVOLUTION_URL"
                         f" (or {ENV_PREFIX}EVOLUTION_API_KEY_FILE)")
     if require_services:
         for name in ("database_url", "redis_url"):
-            if name not in origins and name not in failed:
-                problems.append(f"{var[name]}: required (or {var[name]}_FILE)")
+            if name not in found:
+                problems.append(f"{_variable(name)}: required (or {_variable(name)}_FILE)")
         if not listed and not url and servers is not None:
             problems.append(f"{ENV_PREFIX}EVOLUTION_URL: required unless the file named by"
                             f" {CONFIG_VARIABLE} lists [[servers]]")
@@ -464,17 +431,10 @@ def _servers(listed: object, path: Path, problems: list[str]) -> tuple[ServerCon
     count, servers = len(problems), list[ServerConfig]()
     for number, table in enumerate(listed, start=1):
         where = f"of [[servers]] #{number} in {path}"
-        given = {"api_key": table.pop("api_key")} if "api_key" in table else {}
-        files = {"api_key": table.pop("api_key_file", None)}
-        api_key = _layer(given, f"{{}} {where}".format, files, f"{{}}_file {where}".format,
-                         path.parent, problems, {})
-        if api_key.get("api_key", ()) is None:
-            continue
-        try:
-            server = ServerConfig(**table, **{k: got[0] for k, got in api_key.items() if got})
-        except ValidationError as e:
-            explained = _explain(e, f"{{}} {where}".format, f"{{}} {where}: unknown key".format)
-            problems.extend(explained.values())
+        found = _layer(table, f"{{}} {where}".format, ("api_key",), path.parent, problems)
+        server = _build(ServerConfig, found, f"{{}} {where}".format,
+                        f"{{}} {where}: unknown key".format, problems)
+        if server is None:
             continue
         for other in servers:
             if server.name == other.name:
@@ -485,24 +445,32 @@ def _servers(listed: object, path: Path, problems: list[str]) -> tuple[ServerCon
     return tuple(servers) if len(problems) == count else None
 
 
-def _explain(error: ValidationError, origin: Callable[[str], str],
-             unknown: Callable[[str], str]) -> dict[str, str]:
-    """One message per key: where it came from, what it must be, and what it was unless secret."""
-    messages: dict[str, str] = {}
-    for detail in error.errors():
-        key, cause = str(detail["loc"][0]), (detail.get("ctx") or {}).get("error")
-        if key in messages:
-            continue
-        if detail["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
-            messages[key] = unknown(key)
-        elif detail["type"] == "missing":
-            either = " (api_key or api_key_file)" if key == "api_key" else ""
-            messages[key] = f"{origin(key)}: required{either}"
-        else:
-            must = cause if isinstance(cause, _Invalid) else "is invalid"
-            shown = "" if key in _HIDDEN else f", got {_show(detail['input'])}"
-            messages[key] = f"{origin(key)}: {must}{shown}"
-    return messages
+def _build(cls: Callable[..., _T], found: _Found, place: Callable[[str], str],
+           unknown: Callable[[str], str], problems: list[str], **given: Any) -> _T | None:
+    """`cls` of the values found, or None after one problem per key: where it came from, what it
+    must be, and what it was unless secret; a key that failed already is not said again."""
+    try:
+        return cls(**{key: got[0] for key, got in found.items() if got}, **given)
+    except ValidationError as error:
+        said = {key for key, got in found.items() if got is None}
+        for detail in error.errors():
+            key, ctx = str(detail["loc"][0]), detail.get("ctx") or {}
+            if key in said:
+                continue
+            said.add(key)
+            value, where = found.get(key) or (detail["input"], place(key))
+            if detail["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+                problems.append(unknown(key))
+            elif detail["type"] == "missing":
+                either = " (api_key or api_key_file)" if key == "api_key" else ""
+                problems.append(f"{where}: required{either}")
+            else:
+                choices = str(ctx.get("expected")).replace("'", "").replace(" or ", ", ")
+                said_as = _SAID.get(detail["type"], "is invalid").format(choices)
+                must = ctx["error"] if isinstance(ctx.get("error"), _Invalid) else said_as
+                shown = "" if key in _HIDDEN else f", got {_show(value)}"
+                problems.append(f"{where}: {must}{shown}")
+        return None
 
 
 def _show(value: object) -> str:
