@@ -111,12 +111,10 @@ class Controller:
         if read is None:
             return
         desired, memory = read
-        self._plan(result, desired, memory, policy)
+        population = self._plan(result, desired, memory, policy)
         if plan_only:
             return
-        self.population = planner.population(desired, result.reads, memory, policy,
-                                             result.started_at, self.population,
-                                             read_now=result.servers)
+        self.population = population
         try:
             async with self.apply_lock:
                 decided = self._decided_since(result, generation)
@@ -213,11 +211,13 @@ class Controller:
                 for s in servers}
 
     def _plan(self, result: PassResult, desired: DesiredState, memory: Memory,
-              policy: Policy) -> None:
-        everyone = planner.plan(desired, result.reads, memory, policy, result.started_at,
-                                recent_deletions=self.deletions.counts(targeted_only=True))
+              policy: Policy) -> planner.Population:
+        everyone, population = planner.plan_and_population(
+            desired, result.reads, memory, policy, result.started_at, self.population,
+            read_now=result.servers, recent_deletions=self.deletions.counts(targeted_only=True))
         result.plan = for_leader(everyone, result.servers,
                                  fleet_leader=self.fleet_server in result.servers)
+        return population
 
     async def _apply(self, result: PassResult, mode: Mode,
                      tokens: Mapping[str, LeaseToken]) -> None:

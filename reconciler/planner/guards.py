@@ -27,11 +27,16 @@ from reconciler.planner.view import PassView, is_protected
 def guard_deletes(view: PassView, candidates: Sequence[Delete]) -> tuple[Delete, ...]:
     by_server: dict[str, list[Delete]] = defaultdict(list)
     for action in candidates:
-        by_server[action.server].append(replace(action, blocked_by=_evidence(view, action)))
+        evidence = _evidence(view, action)
+        by_server[action.server].append(
+            action if evidence is None else replace(action, blocked_by=evidence))
     guarded: list[Delete] = []
     for server, actions in by_server.items():
         open_count = sum(1 for a in actions if a.blocked_by is None)
         guard = blast_radius(view, server, open_count)
+        if guard is None:
+            guarded.extend(actions)
+            continue
         guarded.extend(
             replace(a, blocked_by=guard) if a.blocked_by is None else a for a in actions
         )

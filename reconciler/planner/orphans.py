@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from datetime import datetime
 
 from reconciler.model import (
     Delete,
@@ -19,10 +20,15 @@ from reconciler.model import (
     LiveState,
     ObservedInstance,
 )
+from reconciler.planner.status import track_connection
 from reconciler.planner.view import Key, PassView, is_protected
 
 ORPHAN = "orphan"
 DUPLICATE_NUMBER = "duplicate_number"
+_OPEN = LiveState.OPEN
+_ORPHAN = DriftKind.ORPHAN
+_ORPHAN_PENDING = DriftKind.ORPHAN_PENDING
+"""Bound once: an enum member read through its class is slow in a loop over every instance."""
 
 
 @dataclass(frozen=True)
@@ -33,71 +39,81 @@ class OrphanDecision:
     confirmations: tuple[Delete, ...]
     """`already_gone` deletes: answered earlier, absent now; never blocked, never counted."""
     instances: Mapping[Key, InstanceMemory]
-    """Memory of every server read completely (servers whose read failed are not in it)."""
+    """Memory of every server read completely (servers whose read failed are not in it), its
+    connections tracked (`status.track_connection`); an entry this pass leaves as it was is the
+    input object itself."""
     contested_servers: frozenset[str]
     """Servers holding an unprotected orphan, confirmed or not: what the collapse guard protects."""
+    live_numbers: Mapping[str, str]
+    """`live_desired(view)`, gathered on the way."""
 
 
 def decide_orphans(view: PassView) -> OrphanDecision:
     drift: list[Drift] = []
-    candidates: list[Delete] = []
+    confirmed: list[tuple[ObservedInstance, InstanceMemory, str]] = []
     confirmations: list[Delete] = []
     instances: dict[Key, InstanceMemory] = {}
     contested: set[str] = set()
-    numbers = live_desired_numbers(view)
+    live: dict[str, str] = {}
+    remembered, now, is_desired = view.memory.instances, view.now, view.is_desired
     for server, listed in view.managed.items():
         for inst in listed:
-            key = (server, inst.name)
-            previous = view.memory.instances.get(key)
-            if previous is not None and _recreated(previous, inst):
-                if previous.delete_requested_at is not None:
-                    confirmations.append(_confirm_removal(view, previous))
-                previous = None
-            base = replace(
-                previous or InstanceMemory(server, inst.name, first_seen=view.now),
-                instance_id=inst.instance_id or (previous.instance_id if previous else None),
-            )
-            if view.is_desired(inst.name):
-                instances[key] = _forget_orphan_history(base)
+            name = inst.name
+            key = (server, name)
+            previous = remembered.get(key)
+            if previous is not None and previous.instance_id == inst.instance_id:
+                base = previous  # the instance remembered, under the same id
+            else:
+                if previous is not None and _recreated(previous, inst):
+                    if previous.delete_requested_at is not None:
+                        confirmations.append(_confirm_removal(view, previous))
+                    previous = None
+                base = _identified(previous, inst, now)
+            if is_desired(name):
+                instances[key] = track_connection(_forget_orphan_history(base), inst, now)
+                if inst.live is _OPEN and inst.number:
+                    live[name] = inst.number
                 continue
             entry = base if view.scope else replace(  # a hint is not a pass: no streak
                 base,
-                orphan_since=base.orphan_since or view.now,
+                orphan_since=base.orphan_since or now,
                 orphan_streak=base.orphan_streak + 1,
             )
-            instances[key] = entry
-            if not is_protected(view.policy, inst.name):
+            instances[key] = track_connection(entry, inst, now)
+            if not is_protected(view.policy, name):
                 contested.add(server)
             if inst.anomaly is not None:
                 detail = f"not deleted while its listing is odd: {inst.anomaly}"
-                drift.append(Drift(server, inst.name, DriftKind.ORPHAN_PENDING, detail))
+                drift.append(Drift(server, name, _ORPHAN_PENDING, detail))
                 continue
-            confirmed, detail = _confirmation(view, inst, entry)
-            if not confirmed:
-                drift.append(Drift(server, inst.name, DriftKind.ORPHAN_PENDING, detail))
+            ripe, detail = _confirmation(view, inst, entry)
+            if not ripe:
+                drift.append(Drift(server, name, _ORPHAN_PENDING, detail))
                 continue
+            confirmed.append((inst, entry, detail))
+        for removed in view.removals.get(server, ()):
+            instances[(server, removed.instance_name)] = removed
+            confirmations.append(_confirm_removal(view, removed))
+    candidates: list[Delete] = []
+    if confirmed:  # the live numbers are complete once every instance was seen
+        numbers = (view.scope.live_numbers_outside() if view.scope else frozenset()) | frozenset(
+            live.values())
+        for inst, entry, detail in confirmed:
             reason = DUPLICATE_NUMBER if _shares_live_number(inst, numbers) else ORPHAN
-            retry_at = base.next_delete_at
-            if retry_at is not None and retry_at > view.now:
+            retry_at = entry.next_delete_at
+            if retry_at is not None and retry_at > now:
                 detail = f"{reason}; delete retried after {retry_at.isoformat()}"
-                drift.append(Drift(server, inst.name, DriftKind.ORPHAN, detail))
+                drift.append(Drift(inst.server, inst.name, _ORPHAN, detail))
                 continue
-            drift.append(Drift(server, inst.name, DriftKind.ORPHAN, f"{reason}; {detail}"))
-            candidates.append(_delete(view, inst, reason, base))
-        if view.scope is not None:
-            continue  # removals are verified by unfiltered listings only (SPEC 4.3)
-        for remembered in view.remembered.get(server, ()):
-            if remembered.instance_name in view.listed_on[server]:
-                continue
-            if remembered.delete_requested_at is not None:
-                instances[(server, remembered.instance_name)] = remembered
-                confirmations.append(_confirm_removal(view, remembered))
+            drift.append(Drift(inst.server, inst.name, _ORPHAN, f"{reason}; {detail}"))
+            candidates.append(_delete(view, inst, reason, entry))
     return OrphanDecision(
         drift=tuple(drift),
         candidates=tuple(candidates),
         confirmations=tuple(confirmations),
         instances=instances,
         contested_servers=frozenset(contested),
+        live_numbers=live,
     )
 
 
@@ -107,8 +123,26 @@ def _recreated(previous: InstanceMemory, inst: ObservedInstance) -> bool:
             and previous.instance_id != inst.instance_id)
 
 
+def _identified(
+    previous: InstanceMemory | None, inst: ObservedInstance, now: datetime
+) -> InstanceMemory:
+    """The entry of `inst` (first seen now if new) under the server's latest `instanceId`."""
+    if previous is None:
+        return InstanceMemory(inst.server, inst.name, first_seen=now,
+                              instance_id=inst.instance_id or None)
+    instance_id = inst.instance_id or previous.instance_id
+    if instance_id == previous.instance_id:
+        return previous
+    return replace(previous, instance_id=instance_id)
+
+
 def _forget_orphan_history(entry: InstanceMemory) -> InstanceMemory:
     """Named by a row again: forget the orphan history, including any delete in flight."""
+    if (entry.orphan_since is None and entry.orphan_streak == 0
+            and entry.delete_requested_at is None and entry.delete_reason is None
+            and entry.delete_event_id is None and entry.delete_attempts == 0
+            and entry.next_delete_at is None):
+        return entry
     return replace(
         entry,
         orphan_since=None,
@@ -144,19 +178,13 @@ def _confirmation(
     return confirmed, detail
 
 
-def live_desired_numbers(view: PassView) -> frozenset[str]:
-    """The numbers desired instances are live on; a scope adds the rest of the fleet's."""
-    outside = view.scope.live_numbers_outside() if view.scope else frozenset()
-    return outside | frozenset(live_desired(view).values())
-
-
 def live_desired(view: PassView) -> dict[str, str]:
     """Desired instance name -> the number it is live on."""
     return {
         inst.name: inst.number
         for listed in view.managed.values()
         for inst in listed
-        if inst.live is LiveState.OPEN and inst.number and view.is_desired(inst.name)
+        if inst.live is _OPEN and inst.number and view.is_desired(inst.name)
     }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from datetime import datetime
 
 from reconciler.model import (
     FLEET,
@@ -26,13 +27,16 @@ from reconciler.model import (
     StatusChange,
 )
 from reconciler.planner.scope import Standing
-from reconciler.planner.view import Key, PassView
+from reconciler.planner.view import PassView
 from reconciler.reasons import INSTANCE_MISSING, classify
 
 RECONNECTED = "reconnected"
 _TRACKED = frozenset(RowStatus)
 """Rows in any other status are left alone: the daemon does not know what they mean."""
 _MIN_RESTART_WAVE = 3
+_OPEN, _UNKNOWN, _CONNECTED = LiveState.OPEN, LiveState.UNKNOWN, RowStatus.CONNECTED
+"""Bound once: an enum member read through its class is slow in a loop over every row."""
+_CLOSED = classify(None)
 
 
 @dataclass(frozen=True)
@@ -43,40 +47,51 @@ class StatusDecision:
     missing_streaks: Mapping[str, int]
     missing_pending: bool
     """Some enabled row looks missing and is not marked yet: what the collapse guard protects."""
+    standings: Mapping[str, tuple[Standing, ...]]
+    """Every tracked row's part in its server's restart wave, by instance name (what a targeted
+    plan counts with, `standings`)."""
 
 
-def verdict(live: LiveState) -> bool | None:
-    """Connected, not connected, or no verdict."""
-    if live is LiveState.OPEN:
-        return True
-    if live is LiveState.UNKNOWN:
-        return None
-    return False
+class _Parts:
+    """Standings by instance name; equal parts are one shared object (a server has three kinds),
+    so that 10,000 rows do not make 10,000 of them."""
+
+    def __init__(self) -> None:
+        self.by_name: dict[str, tuple[Standing, ...]] = {}
+        self._shared: dict[tuple[str, bool, bool], tuple[Standing]] = {}
+
+    def add(self, name: str, server: str, connected: bool, strained: bool) -> None:
+        kind = (server, connected, strained)
+        one = self._shared.get(kind)
+        if one is None:
+            one = self._shared[kind] = (Standing(server, connected, strained),)
+        had = self.by_name.get(name)
+        self.by_name[name] = one if had is None else (*had, *one)
 
 
-def track_connections(
-    view: PassView, instances: Mapping[Key, InstanceMemory]
-) -> dict[Key, InstanceMemory]:
-    """Disconnect hysteresis: the first "not connected" starts the clock, OPEN stops it."""
-    tracked = dict(instances)
-    for server, listed in view.managed.items():
-        for inst in listed:
-            key = (server, inst.name)
-            entry = tracked[key]
-            seen = verdict(inst.live)
-            if seen is True:
-                tracked[key] = replace(
-                    entry, not_connected_since=None, not_connected_reason=None,
-                    last_live=inst.live,
-                )
-            elif seen is False:
-                tracked[key] = replace(
-                    entry,
-                    not_connected_since=entry.not_connected_since or view.now,
-                    not_connected_reason=disconnect_of(inst).reason,
-                    last_live=inst.live,
-                )
-    return tracked
+def track_connection(
+    entry: InstanceMemory, inst: ObservedInstance, now: datetime
+) -> InstanceMemory:
+    """Disconnect hysteresis: the first "not connected" starts the clock, OPEN stops it, UNKNOWN
+    says nothing. An entry already as the verdict leaves it is returned as the very object."""
+    live = inst.live
+    if live is _UNKNOWN:
+        return entry
+    if live is _OPEN:
+        if (entry.not_connected_since is None and entry.not_connected_reason is None
+                and entry.last_live == live):
+            return entry
+        return replace(entry, not_connected_since=None, not_connected_reason=None, last_live=live)
+    reason = disconnect_of(inst).reason
+    if (entry.not_connected_since is not None and entry.not_connected_reason == reason
+            and entry.last_live == live):
+        return entry
+    return replace(
+        entry,
+        not_connected_since=entry.not_connected_since or now,
+        not_connected_reason=reason,
+        last_live=live,
+    )
 
 
 def decide_statuses(view: PassView) -> StatusDecision:
@@ -85,25 +100,29 @@ def decide_statuses(view: PassView) -> StatusDecision:
     waiting: list[StatusChange] = []
     connected: Counter[str] = Counter()
     strained: Counter[str] = Counter()
+    parts = _Parts()
     rows = tracked_rows(view)
+    judged = view.judged
     for row in rows:
-        copies = view.copies_of(row.instance_name)
-        if not copies:
+        inst = judged(row.instance_name)
+        if inst is None:
             continue
-        inst = next((c for c in copies if c.live is LiveState.OPEN), copies[0])
-        part = standing(row, inst)
-        if part.connected:
-            connected[inst.server] += 1
-            strained[inst.server] += part.strained
-            if verdict(inst.live) is not False:
-                continue
-            why = disconnect_of(inst)
-            if why.terminal:
-                actions.append(_mark_disconnected(view, row, inst, why))
-            elif _confirmed_down(view, inst):
-                waiting.append(_mark_disconnected(view, row, inst, why))
-        elif inst.live is LiveState.OPEN and inst.owner_jid:
+        server, live = inst.server, inst.live
+        is_connected, is_strained = row.status == _CONNECTED, False
+        if is_connected:
+            connected[server] += 1
+            if live is not _OPEN and live is not _UNKNOWN:  # a verdict of "not connected"
+                why = disconnect_of(inst)
+                if why.terminal:
+                    actions.append(_mark_disconnected(view, row, inst, why))
+                else:
+                    is_strained = True
+                    strained[server] += 1
+                    if _confirmed_down(view, inst):
+                        waiting.append(_mark_disconnected(view, row, inst, why))
+        elif live is _OPEN and inst.owner_jid:
             actions.append(_mark_connected(view, row, inst))
+        parts.add(row.instance_name, server, is_connected, is_strained)
     if view.scope is not None:
         for server in {*connected, *(w.server for w in waiting)}:
             outside = view.scope.wave_outside(server)
@@ -127,6 +146,7 @@ def decide_statuses(view: PassView) -> StatusDecision:
         degraded_servers=degraded,
         missing_streaks=missing.streaks,
         missing_pending=missing.pending,
+        standings=parts.by_name,
     )
 
 
@@ -134,27 +154,15 @@ def tracked_rows(view: PassView) -> list[DesiredInstance]:
     return [r for r in view.desired if r.enabled and r.status in _TRACKED]
 
 
-def standing(row: DesiredInstance, inst: ObservedInstance) -> Standing:
-    """A row's part in the restart wave: connected by its row, and transiently not live."""
-    connected = row.status == RowStatus.CONNECTED
-    strained = connected and verdict(inst.live) is False and not disconnect_of(inst).terminal
-    return Standing(inst.server, connected, strained)
-
-
-def standings(view: PassView) -> dict[str, tuple[Standing, ...]]:
-    """Every tracked row's standing, by instance name (what a targeted plan counts with)."""
-    parts: dict[str, tuple[Standing, ...]] = {}
-    for row in tracked_rows(view):
-        copies = view.copies_of(row.instance_name)
-        if copies:
-            inst = next((c for c in copies if c.live is LiveState.OPEN), copies[0])
-            parts[row.instance_name] = (*parts.get(row.instance_name, ()), standing(row, inst))
-    return parts
+def standings(view: PassView) -> Mapping[str, tuple[Standing, ...]]:
+    """Every tracked row's part in its server's restart wave: connected by its row, and
+    strained when transiently not live (a "not connected" verdict without a terminal reason)."""
+    return decide_statuses(view).standings
 
 
 def disconnect_of(inst: ObservedInstance) -> Disconnect:
     """The recorded reason, else the plain non-terminal close of an instance not live."""
-    return inst.disconnect or classify(None)
+    return inst.disconnect or _CLOSED
 
 
 def _confirmed_down(view: PassView, inst: ObservedInstance) -> bool:
