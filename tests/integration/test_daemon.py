@@ -133,7 +133,7 @@ async def test_a_bug_in_one_pass_does_not_stop_the_loop(
     async with Simulator(api_key=API_KEY) as sim:
         env = Env(database_url, redis_url, db_names, channel, sim)
         calls = 0
-        real_plan = planner.plan
+        real_plan = planner.plan_and_population
 
         def fails_once(*args: Any, **kwargs: Any) -> Any:
             nonlocal calls
@@ -142,7 +142,7 @@ async def test_a_bug_in_one_pass_does_not_stop_the_loop(
                 raise RuntimeError("a bug")
             return real_plan(*args, **kwargs)
 
-        monkeypatch.setattr(planner, "plan", fails_once)
+        monkeypatch.setattr(planner, "plan_and_population", fails_once)
         async with controller_for(env, sim, RECONCILER_INTERVAL_SECONDS="0.1") as controller:
             metrics = controller.recorder.metrics
             success = metrics.reconcile_total.labels(server="default", result="success")
