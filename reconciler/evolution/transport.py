@@ -7,6 +7,7 @@ The client decides what an answer means; this module only gets it, and turns tra
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ from reconciler.observability import Metrics
 from reconciler.redaction import redact
 from reconciler.settings import ServerConfig
 
+_HTML_START = re.compile(rb"\s*<")
 MAX_BODY = 64 * 1024 * 1024
 """Bigger than any real listing (a 202-instance v2.3.6 listing is 184 KB), small enough to hold."""
 
@@ -33,7 +35,8 @@ class Answer:
     content_type: str
 
     def looks_html(self) -> bool:
-        return "html" in self.content_type or self.body.lstrip()[:1] == b"<"
+        """By its type or its first character: matched in place (`lstrip` would copy 9 MB)."""
+        return "html" in self.content_type or _HTML_START.match(self.body) is not None
 
     def json(self) -> Any:
         return json.loads(self.body)
