@@ -110,7 +110,9 @@ async def daemon_passes(env: dict[str, str], deletions: bool) -> dict[str, Any]:
                 await one(PassOptions())
         peak = peak_rss_kib()
         page = None if deletions else await time_status_page(controller)
-    return {"passes": passes, "rss_before_kib": before, "max_rss_kib": peak, "page": page}
+        concurrency = min(c.max_concurrency for c in controller.clients.values())
+    return {"passes": passes, "rss_before_kib": before, "max_rss_kib": peak, "page": page,
+            "probe_rps": settings.probe_rps, "concurrency": concurrency}
 
 
 async def time_status_page(controller: Any) -> dict[str, float]:
@@ -183,20 +185,16 @@ async def create_rows(conn: asyncpg.Connection, schema: str,
 
 
 async def floor_once(http: httpx.AsyncClient, conn: asyncpg.Connection, schema: str,
-                     metrics: bool, probes: int, probe_rps: float) -> float:
-    """The pass's I/O, raw: each body read whole, nothing parsed."""
+                     metrics: bool) -> float:
+    """The pass's I/O, raw: each body read whole, nothing parsed (probes are paced: the pacing
+    of those the pass made is added by `report_passes`)."""
     started = time.perf_counter()
     (await http.get("/instance/fetchInstances")).raise_for_status()
     if metrics:
         (await http.get("/metrics")).raise_for_status()
     await conn.fetch(f'SELECT * FROM "{schema}".integrations'
                      " WHERE type = 'whatsapp' AND provider = 'evolution' ORDER BY id")
-    io = time.perf_counter() - started
-    if probes:
-        started = time.perf_counter()
-        (await http.get("/instance/connectionState/x")).content  # noqa: B018
-        io += time.perf_counter() - started + (probes - 1) / probe_rps
-    return io
+    return time.perf_counter() - started
 
 
 async def bench(instances: int, metrics: bool, deletions: int, latency: float) -> None:
@@ -226,12 +224,12 @@ async def bench(instances: int, metrics: bool, deletions: int, latency: float) -
                 "RECONCILER_ORPHAN_GRACE_SECONDS": "0", "RECONCILER_MODE": "enforce",
             }
             if deletions:
-                await report_deletions(run_daemon(env, deletions=True), deletions, latency)
+                report_deletions(run_daemon(env, deletions=True), deletions, latency)
                 return
-            floors = [await floor_once(http, conn, app_schema, metrics, 0, 1)
+            floors = [await floor_once(http, conn, app_schema, metrics)
                       for _ in range(FLOOR_RUNS)]
             daemon = run_daemon(env, deletions=False)
-            floors += [await floor_once(http, conn, app_schema, metrics, 0, 1)
+            floors += [await floor_once(http, conn, app_schema, metrics)
                        for _ in range(FLOOR_RUNS)]
             report_passes(daemon, floors, seeded, rows, metrics)
     finally:
@@ -245,7 +243,7 @@ async def bench(instances: int, metrics: bool, deletions: int, latency: float) -
 def report_passes(daemon: dict[str, Any], floors: list[float], instances: int, rows: int,
                   metrics: bool) -> None:
     cold, warm = daemon["passes"][0], daemon["passes"][1:]
-    probe_rps = 10.0
+    probe_rps = daemon["probe_rps"]
     probes = statistics.median(p["requests"].get("connectionState", 0) for p in warm)
     floor = statistics.median(floors) + (max(0.0, probes - 1) / probe_rps if probes else 0.0)
     wall = statistics.median(p["wall"] for p in warm)
@@ -267,13 +265,11 @@ def report_passes(daemon: dict[str, Any], floors: list[float], instances: int, r
           f" {page['requests']:.0f} Evolution requests")
 
 
-async def report_deletions(daemon: dict[str, Any], orphans: int, latency: float) -> None:
+def report_deletions(daemon: dict[str, Any], orphans: int, latency: float) -> None:
     done = daemon["passes"][-1]
     calls = {e: n for e, n in done["requests"].items() if e in ("logout", "delete")}
     per_deletion = sum(calls.values()) / max(1, done["deleted"])
-    from reconciler.evolution.client import EvolutionClient
-
-    concurrency = EvolutionClient.__init__.__kwdefaults__["max_concurrency"]
+    concurrency = daemon["concurrency"]
     bound = concurrency / (per_deletion * latency)
     rate = done["deleted"] / done["wall"]
     print(f"{orphans} orphans, every call answered after {latency * 1000:.0f} ms,"

@@ -288,17 +288,16 @@ class EvolutionClient:
             return frozenset(await want_live() if callable(want_live) else want_live)
 
         scraped: dict[str, LiveState] | None = None
-        scraping = False
 
         async def scrape() -> None:
-            nonlocal scraped, scraping
-            scraping = True
+            nonlocal scraped
             scraped = await self._live.scrape(self._version)
 
         try:
             root = await self._read_root()
+            early = self._expected_line(root) == V2
             async with anyio.create_task_group() as tg:
-                if self._expected_line(root) == V2:
+                if early:
                     tg.start_soon(scrape)  # /metrics while the listing is read
                 body = await self._listing_or_error()
             if isinstance(body, EvolutionError):
@@ -314,7 +313,7 @@ class EvolutionClient:
                                    error=exc.message, operator_error=operator_error)
         instances = listing.instances
         if line == V2:
-            if not scraping:
+            if not early:
                 await scrape()
             instances = await self._live.with_live(instances, wanted, scraped)
         return ServerInventory(

@@ -67,10 +67,6 @@ class LiveReader:
         self._samples = SampleMemo()
         self._attached: dict[str, tuple[ObservedInstance, LiveState, ObservedInstance]] = {}
 
-    async def scrape(self, version: str | None) -> dict[str, LiveState] | None:
-        """Every live state from `/metrics`, when the server serves it; else None (probes)."""
-        return await self._live_from_metrics(version)
-
     async def with_live(
         self, instances: tuple[ObservedInstance, ...],
         want: Callable[[], Awaitable[frozenset[str]]], scraped: dict[str, LiveState] | None,
@@ -107,7 +103,8 @@ class LiveReader:
             return False
         return self._metrics_available is not False or now >= self._metrics_retry_at
 
-    async def _live_from_metrics(self, version: str | None) -> dict[str, LiveState] | None:
+    async def scrape(self, version: str | None) -> dict[str, LiveState] | None:
+        """Every live state from `/metrics`, when the server serves it; else None (probes)."""
         now = time.monotonic()
         if not self._metrics_worth_trying(now, version):
             return None
